@@ -1,0 +1,178 @@
+"""The fleet state behind one interface. SQL (SQLite by default, PostgreSQL by URL) implements it.
+
+Servicers and the CLI never touch SQL; they call these methods. Every method is synchronous and
+safe to call from several threads; the server calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+class StoreError(Exception):
+    """A request the state can't satisfy; the message is meant for the user."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class TokenRejected(StoreError):
+    """The enrollment token can't be used. ``reason`` is one of REASONS."""
+
+    REASONS = ("unknown", "expired", "revoked", "used_up")
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    verifier: bytes  # sha256 of the secret; the secret itself is never stored
+    labels: Mapping[str, str]
+    created_at_ms: int
+    expires_at_ms: int
+    max_uses: int
+    uses: int = 0
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    hardware: Mapping[str, object]  # the Hardware message as a dict (json_format.MessageToDict)
+    profile: str
+    agent_version: str
+    cert_serial: str  # hex; only the certificate with this serial is accepted for the device
+    enrolled_at_ms: int
+    last_seen_ms: int = 0
+    removed_at_ms: int = 0  # 0 while the device is in the fleet
+    acked_through_seq: int = 0
+    spool_dropped_total: int = 0
+    desired_generation: int = 1
+    desired_model: str = ""
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    seq: int
+    timestamp_ms: int
+    values: tuple[tuple[str, str, float], ...]  # (metric, series, value)
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    device_id: str
+    samples: tuple[SampleRow, ...]  # in seq order
+    dropped_total: int = 0
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    acked_through_seq: int
+    stored: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class RawPoint:
+    device_id: str
+    metric: str
+    series: str
+    timestamp_ms: int
+    value: float
+
+
+@dataclass
+class Touch:
+    """A heartbeat's effect on a device row, applied in batches."""
+
+    last_seen_ms: int
+    spool_dropped_total: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class FleetStore(abc.ABC):
+    # tokens
+    @abc.abstractmethod
+    def create_token(self, token: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    @abc.abstractmethod
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        """Raises NotFound."""
+
+    @abc.abstractmethod
+    def enroll_device(self, token_id: str, now_ms: int, device: DeviceRecord) -> DeviceRecord:
+        """In one transaction: check the token (TokenRejected with the reason), count one use,
+        and insert the device with the token's labels under its own (the device's win).
+        Raises Conflict if an active (not removed) device already has that name."""
+
+    # devices
+    @abc.abstractmethod
+    def get_device(self, device_id: str) -> DeviceRecord | None: ...
+
+    @abc.abstractmethod
+    def find_device(self, id_or_name: str) -> DeviceRecord | None:
+        """By id, else by the name of an active device."""
+
+    @abc.abstractmethod
+    def list_devices(
+        self, selector: Mapping[str, str] | None = None, include_removed: bool = False
+    ) -> list[DeviceRecord]: ...
+
+    @abc.abstractmethod
+    def update_labels(
+        self, device_id: str, set_labels: Mapping[str, str], remove: Iterable[str]
+    ) -> DeviceRecord:
+        """Raises NotFound. Bumps desired_generation (labels are part of the desired state)."""
+
+    @abc.abstractmethod
+    def remove_device(self, device_id: str, now_ms: int) -> DeviceRecord:
+        """Marks it removed; its certificate stops working. Raises NotFound."""
+
+    @abc.abstractmethod
+    def record_hello(
+        self, device_id: str, hardware: Mapping[str, object], agent_version: str,
+        profile: str, now_ms: int,
+    ) -> DeviceRecord: ...
+
+    @abc.abstractmethod
+    def touch_devices(self, touches: Mapping[str, Touch]) -> None:
+        """Apply many heartbeats in one transaction (last_seen only moves forward)."""
+
+    # telemetry
+    @abc.abstractmethod
+    def ingest(self, items: list[IngestItem]) -> list[IngestResult]:
+        """Store many devices' batches in one transaction, each sample once: a sample whose seq
+        is <= the device's acked_through_seq is a duplicate and is not stored again. Values
+        whose metric is not in agent.telemetry.catalog are skipped. Returns one result per
+        item, in order. After it returns, the data survives a crash of the process."""
+
+    @abc.abstractmethod
+    def query_points(
+        self, device_ids: list[str], metric: str, start_ms: int, end_ms: int
+    ) -> list[RawPoint]:
+        """Raw points with start_ms <= timestamp < end_ms, ordered by device, series, time."""
+
+    @abc.abstractmethod
+    def apply_retention(self, older_than_ms: int) -> int:
+        """Delete points older than this; return how many."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
