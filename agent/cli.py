@@ -1,0 +1,141 @@
+"""slmops-agent: the device daemon's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+from google.protobuf import json_format
+
+from agent import __version__
+from agent.daemon import Agent, AgentSettings, SettingsError
+from agent.enroll import EnrollmentError
+from agent.enrollment_proof import TokenFormatError
+from agent.identity import Identity, IdentityError
+from agent.link import DeviceRefused, LinkSettings
+
+EXIT_USAGE, EXIT_ENROLL, EXIT_REFUSED = 2, 3, 4
+
+
+def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    return labels
+
+
+def _fail(message: str, code: int, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": message}))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(__version__)
+def main() -> None:
+    """The slmops agent: enrolls this device, streams its telemetry, keeps it in sync."""
+
+
+@main.command()
+@click.option("--controller", default="", help="the controller's mTLS address, HOST:PORT")
+@click.option("--enroll-address", default="", help="bootstrap address (default: port + 1)")
+@click.option("--token", default="", envvar="SLMOPS_TOKEN", help="enrollment token (first run)")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--name", default="", help="device name (first run)")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE, repeatable (first run)")
+@click.option("--telemetry-interval", type=float, default=10.0, show_default=True, help="seconds")
+@click.option("--heartbeat-interval", type=float, default=5.0, show_default=True, help="seconds")
+@click.option("--batch-max", type=int, default=500, show_default=True, help="samples per batch")
+@click.option("--spool-max-samples", type=int, default=50_000, show_default=True)
+@click.option("--max-backoff", type=float, default=30.0, show_default=True, help="seconds")
+@click.option("--json", "as_json", is_flag=True, help="log lines as JSON")
+def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: str,
+        labels: tuple[str, ...], telemetry_interval: float, heartbeat_interval: float,
+        batch_max: int, spool_max_samples: int, max_backoff: float, as_json: bool) -> None:
+    """Run the agent in the foreground until SIGTERM or Ctrl-C."""
+    fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}' if as_json
+           else "%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    try:
+        settings = AgentSettings(
+            data_dir=data_dir, controller=controller, enroll_address=enroll_address, token=token,
+            name=name, labels=_parse_labels(labels), telemetry_interval_s=telemetry_interval,
+            spool_max_samples=spool_max_samples,
+            link=LinkSettings(heartbeat_interval_s=heartbeat_interval,
+                              batch_max_samples=batch_max, max_backoff_s=max_backoff),
+        )
+        asyncio.run(_run_until_signal(Agent(settings)))
+    except (SettingsError, TokenFormatError, IdentityError) as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+    except EnrollmentError as e:
+        _fail(str(e), EXIT_ENROLL, as_json)
+    except DeviceRefused as e:
+        _fail(f"the controller refused this device: {e}. To rejoin, move "
+              f"{data_dir / 'identity.json'} aside and run again with a new --token.",
+              EXIT_REFUSED, as_json)
+
+
+async def _run_until_signal(agent: Agent) -> None:
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("stopped")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--json", "as_json", is_flag=True)
+def hardware(data_dir: Path, as_json: bool) -> None:
+    """Show what this agent detects about the machine."""
+    from agent.hardware import detect_hardware
+
+    data = json_format.MessageToDict(detect_hardware(data_dir))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        click.echo(f"{key:>18}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def status(data_dir: Path, as_json: bool) -> None:
+    """Show this device's identity and its telemetry spool."""
+    from agent.telemetry.spool import Spool
+
+    try:
+        identity = Identity.load(data_dir)
+    except IdentityError as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+        return
+    spool_path = data_dir / "telemetry.db"
+    info: dict[str, object] = {
+        "enrolled": identity is not None,
+        "device_id": identity.device_id if identity else None,
+        "controller": identity.controller if identity else None,
+    }
+    if spool_path.exists():
+        spool = Spool(spool_path)
+        info.update(spool_pending=spool.pending_count(), spool_dropped_total=spool.dropped_total(),
+                    last_acked_seq=spool.last_acked_seq(), next_seq=spool.next_seq())
+        spool.close()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:>20}: {value}")

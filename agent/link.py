@@ -1,0 +1,204 @@
+"""The agent's one long-lived stream to the controller, over mutual TLS.
+
+Reconnects with exponential backoff and jitter when the controller is away. Telemetry leaves
+the spool in batches, one batch in flight at a time; a sample is deleted only once the
+controller acknowledged it, so a cut stream or a killed process loses nothing and a resent
+batch is stored once (the controller keeps the highest seq it holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from agent import __version__
+from agent.identity import Identity
+from agent.telemetry.spool import Spool
+from protos import common_pb2, fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Matched with the controller's SERVER_OPTIONS (controller/server.py).
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class DeviceRefused(Exception):
+    """The controller refuses this device's certificate (e.g. it was removed). Retrying won't help."""
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    heartbeat_interval_s: float = 5.0
+    batch_max_samples: int = 500
+    ack_timeout_s: float = 30.0
+    min_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: between half and all of min(high, low * 2**attempt)."""
+    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=identity.ca_cert_pem.encode(),
+        private_key=identity.key_pem.encode(),
+        certificate_chain=identity.cert_pem.encode(),
+    )
+
+
+class ControllerLink:
+    def __init__(
+        self, identity: Identity, spool: Spool, hardware: common_pb2.Hardware,
+        settings: LinkSettings,
+        on_desired_state: Callable[[fleet_pb2.DesiredState], None] | None = None,
+    ) -> None:
+        self._identity, self._spool, self._hardware = identity, spool, hardware
+        self._settings = settings
+        self._on_desired_state = on_desired_state
+        self._new_samples = asyncio.Event()
+        self._rng = random.Random()
+        self.connected = False
+        self.sessions = 0
+        self.last_error = ""
+
+    def notify_new_samples(self) -> None:
+        self._new_samples.set()
+
+    async def run(self) -> None:
+        """Run until cancelled; raises DeviceRefused if the controller refuses this device."""
+        attempt = 0
+        options = [*CHANNEL_OPTIONS,
+                   ("grpc.ssl_target_name_override", self._identity.server_name)]
+        while True:
+            welcomed = False
+            try:
+                async with grpc.aio.secure_channel(
+                    self._identity.controller, channel_credentials(self._identity), options
+                ) as channel:
+                    async for _ in self._session(channel):
+                        welcomed, attempt = True, 0
+            except grpc.aio.AioRpcError as e:
+                self.last_error = f"{e.code().name}: {e.details()}"
+                if e.code() in REFUSED:
+                    raise DeviceRefused(e.details() or e.code().name) from None
+            except (TimeoutError, ConnectionError, StreamEnded) as e:
+                self.last_error = str(e) or type(e).__name__
+            finally:
+                self.connected = False
+            delay = backoff_delay(attempt, self._settings.min_backoff_s,
+                                  self._settings.max_backoff_s, self._rng)
+            attempt += 1
+            log.warning("controller %s unreachable (%s); retrying in %.1f s",
+                        self._identity.controller, self.last_error, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self, channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
+        call = fleet_pb2_grpc.FleetServiceStub(channel).Connect()
+        write_lock = asyncio.Lock()
+
+        async def write(message: fleet_pb2.ConnectRequest) -> None:
+            async with write_lock:
+                await call.write(message)
+
+        await write(fleet_pb2.ConnectRequest(hello=fleet_pb2.Hello(
+            agent_version=__version__, hardware=self._hardware,
+            heartbeat_interval_ms=int(self._settings.heartbeat_interval_s * 1000),
+            last_acked_seq=self._spool.last_acked_seq(),
+        )))
+        first = await asyncio.wait_for(call.read(), self._settings.ack_timeout_s)
+        if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+            await self._raise_for_status(call)
+        welcome = first.welcome
+        self._spool.ensure_seq_above(welcome.acked_through_seq)
+        self._spool.ack_through(welcome.acked_through_seq)
+        self.connected, self.sessions = True, self.sessions + 1
+        log.info("connected to %s as %s", self._identity.controller, welcome.device_id)
+        yield welcome
+
+        acks: asyncio.Queue[fleet_pb2.TelemetryAck] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(self._read(call, acks, write)),
+            asyncio.create_task(self._heartbeats(write)),
+            asyncio.create_task(self._send_telemetry(write, acks)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            call.cancel()
+
+    async def _raise_for_status(self, call) -> None:  # type: ignore[no-untyped-def]
+        code = await call.code()
+        details = await call.details()
+        if code in REFUSED:
+            raise DeviceRefused(details or code.name)
+        raise StreamEnded(f"stream ended: {code.name}: {details}")
+
+    async def _read(self, call, acks, write) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                await self._raise_for_status(call)
+            kind = message.WhichOneof("body")
+            if kind == "telemetry_ack":
+                acks.put_nowait(message.telemetry_ack)
+            elif kind == "desired_state" and self._on_desired_state is not None:
+                self._on_desired_state(message.desired_state)
+            elif kind == "command":
+                await write(fleet_pb2.ConnectRequest(command_result=fleet_pb2.CommandResult(
+                    id=message.command.id, ok=False,
+                    error=f"command {message.command.kind!r} is not supported by agent {__version__}",
+                )))
+
+    async def _heartbeats(self, write) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            await write(fleet_pb2.ConnectRequest(heartbeat=fleet_pb2.Heartbeat(
+                timestamp_ms=int(time.time() * 1000),
+                spool_pending=self._spool.pending_count(),
+                spool_dropped_total=self._spool.dropped_total(),
+            )))
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+
+    async def _send_telemetry(self, write, acks) -> None:  # type: ignore[no-untyped-def]
+        batch_id = 0
+        while True:
+            samples = self._spool.pending(self._settings.batch_max_samples)
+            if not samples:
+                self._new_samples.clear()
+                try:
+                    await asyncio.wait_for(self._new_samples.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            batch_id += 1
+            await write(fleet_pb2.ConnectRequest(telemetry=fleet_pb2.TelemetryBatch(
+                batch_id=batch_id, samples=samples, dropped_total=self._spool.dropped_total(),
+            )))
+            ack = await asyncio.wait_for(acks.get(), self._settings.ack_timeout_s)
+            if ack.batch_id != batch_id:
+                raise StreamEnded(f"ack for batch {ack.batch_id}, expected {batch_id}")
+            self._spool.ack_through(ack.acked_through_seq)
+
+
+class StreamEnded(Exception):
+    pass

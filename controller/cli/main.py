@@ -1,0 +1,44 @@
+"""`slmops`: the operator's CLI. Every command has --json."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from controller import __version__
+from controller.cli.controller_cmd import controller
+from controller.cli.devices_cmd import devices
+from controller.cli.output import CliError, fail
+from controller.cli.telemetry_cmd import telemetry
+from controller.cli.token_cmd import token
+
+
+class Group(click.Group):
+    """Turns CliError into a clean message (JSON with --json) and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except CliError as e:
+            fail(e, "--json" in sys.argv[1:])
+
+
+@click.group(cls=Group)
+@click.version_option(__version__)
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="client config written by `controller start` (or SLMOPS_CONFIG)")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """slmops: run small language models on a fleet of edge devices."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+for command in (controller, token, devices, telemetry):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(obj={})

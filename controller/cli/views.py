@@ -1,0 +1,55 @@
+"""Proto messages as plain dicts for --json (numbers stay numbers, times get ISO text too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from controller.cli.output import when
+from protos import admin_pb2, common_pb2
+
+
+def hardware(h: common_pb2.Hardware) -> dict[str, Any]:
+    return {
+        "arch": h.arch, "cpu_model": h.cpu_model, "isa_flags": list(h.isa_flags),
+        "physical_cores": h.physical_cores, "logical_cores": h.logical_cores,
+        "memory_total_bytes": h.memory_total_bytes, "disk_total_bytes": h.disk_total_bytes,
+        "disk_free_bytes": h.disk_free_bytes, "os": h.os, "hostname": h.hostname,
+        "accelerators": [json_format.MessageToDict(a, preserving_proto_field_name=True)
+                         for a in h.accelerators],
+    }
+
+
+def device(d: admin_pb2.Device) -> dict[str, Any]:
+    return {
+        "id": d.id, "name": d.name, "status": d.status, "labels": dict(d.labels),
+        "profile": d.profile, "agent_version": d.agent_version,
+        "last_seen": when(d.last_seen_ms) if d.last_seen_ms else None,
+        "last_seen_ms": d.last_seen_ms, "enrolled_at": when(d.enrolled_at_ms),
+        "acked_through_seq": d.acked_through_seq, "spool_dropped_total": d.spool_dropped_total,
+        "desired_generation": d.desired_generation, "hardware": hardware(d.hardware),
+    }
+
+
+def token(t: admin_pb2.Token) -> dict[str, Any]:
+    return {
+        "id": t.id, "labels": dict(t.labels), "created_at": when(t.created_at_ms),
+        "expires_at": when(t.expires_at_ms), "expires_at_ms": t.expires_at_ms,
+        "max_uses": t.max_uses, "uses": t.uses, "revoked": t.revoked,
+    }
+
+
+def telemetry(r: admin_pb2.QueryTelemetryResponse) -> dict[str, Any]:
+    return {
+        "start": when(r.start_ms), "end": when(r.end_ms), "step_ms": r.step_ms, "agg": r.agg,
+        "series": [
+            {
+                "device_id": s.device_id, "device_name": s.device_name, "metric": s.metric,
+                "series": s.series,
+                "points": [{"time": when(p.timestamp_ms), "timestamp_ms": p.timestamp_ms,
+                            "value": p.value, "count": p.count} for p in s.points],
+            }
+            for s in r.series
+        ],
+    }

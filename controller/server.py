@@ -1,0 +1,137 @@
+"""The controller process: the mTLS port (fleet, admin, health) and the bootstrap port
+(enrollment, health), the store, and the ingest writer, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from controller.client_config import FILE_NAME, ClientConfig
+from controller.hub import Hub
+from controller.ingest import IngestWriter
+from controller.pki import (
+    ROLE_ADMIN, ROLE_CONTROLLER, SERVER_NAME, CertificateAuthority, load_or_create_signing_key,
+    raw_public_key,
+)
+from controller.services.admin import AdminServicer
+from controller.services.enrollment import EnrollmentServicer
+from controller.services.fleet import FleetServicer
+from controller.settings import ControllerSettings, split_address
+from controller.store import FleetStore, open_store
+from protos import admin_pb2_grpc, enrollment_pb2_grpc, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Keepalive matched with the agent's channel (agent/link.py): pings every 20 s are allowed.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    listen: str
+    enroll: str
+    config_path: str
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.hub = Hub()
+        self.store: FleetStore | None = None
+        self.ingest: IngestWriter | None = None
+        self._servers: list[grpc.aio.Server] = []
+
+    async def start(self) -> Endpoints:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(s.data_dir, 0o700)
+        pki_dir = s.data_dir / "pki"
+        ca = CertificateAuthority.load_or_create(pki_dir)
+        signing_key = load_or_create_signing_key(pki_dir / "manifest-signing.key")
+        host, _ = split_address("--listen", s.listen)
+        names = tuple(dict.fromkeys((SERVER_NAME, "localhost", host, *s.extra_server_names)))
+        server_cert = ca.issue(SERVER_NAME, ROLE_CONTROLLER, server_names=names)
+        self.store = await asyncio.to_thread(open_store, s.resolved_db_url)
+        self.ingest = IngestWriter(self.store, s.ingest_max_delay_ms, s.retention_ms)
+        self.ingest.start()
+
+        options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", s.max_message_bytes)]
+        main = grpc.aio.server(options=options)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(self.store, self.hub, self.ingest), main)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms), main)
+        credentials = grpc.ssl_server_credentials(
+            [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
+            root_certificates=ca.cert_pem.encode(), require_client_auth=True,
+        )
+        port = main.add_secure_port(s.listen, credentials)
+
+        bootstrap = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length",
+                                                              1024 * 1024)])
+        enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(
+            EnrollmentServicer(self.store, ca, raw_public_key(signing_key)), bootstrap)
+        enroll_port = bootstrap.add_insecure_port(s.resolved_enroll_listen)
+
+        health_servicer = health.aio.HealthServicer()
+        for server in (main, bootstrap):
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for service in ("slmops.v1.FleetService", "slmops.v1.AdminService",
+                        "slmops.v1.EnrollmentService"):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._servers = [main, bootstrap]
+        for server in self._servers:
+            await server.start()
+
+        enroll_host, _ = split_address("--enroll-listen", s.resolved_enroll_listen)
+        endpoints = Endpoints(
+            listen=f"{_client_host(host)}:{port}",
+            enroll=f"{_client_host(enroll_host)}:{enroll_port}",
+            config_path=str(s.data_dir / FILE_NAME),
+        )
+        self._write_client_config(ca, endpoints)
+        log.info("controller serving mTLS on %s, enrollment on %s", endpoints.listen, endpoints.enroll)
+        return endpoints
+
+    def _write_client_config(self, ca: CertificateAuthority, endpoints: Endpoints) -> None:
+        path = self.settings.data_dir / FILE_NAME
+        try:
+            old = ClientConfig.load(path)
+            admin_cert, admin_key = old.admin_cert_pem, old.admin_key_pem
+        except Exception:  # noqa: BLE001 - no usable config yet: make a new admin credential
+            issued = ca.issue("admin", ROLE_ADMIN)
+            admin_cert, admin_key = issued.cert_pem, issued.key_pem
+        ClientConfig(
+            controller=endpoints.listen, enroll_address=endpoints.enroll, server_name=SERVER_NAME,
+            ca_cert_pem=ca.cert_pem, admin_cert_pem=admin_cert, admin_key_pem=admin_key,
+        ).save(path)
+
+    async def wait(self) -> None:
+        if self._servers:
+            await self._servers[0].wait_for_termination()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Graceful: streams are told to end, in-flight calls get ``grace_s`` to finish, and
+        everything acknowledged is already committed."""
+        self.hub.close_all("controller shutting down")
+        await asyncio.gather(*(server.stop(grace_s) for server in self._servers))
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,1 @@
+"""gRPC servicers: thin layers that turn protos into store and hub calls."""

@@ -1,0 +1,164 @@
+"""AdminService: tokens, devices and telemetry queries for the operator. Admin certificate only."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import grpc
+
+from agent.enrollment_proof import verifier_of
+from agent.telemetry.catalog import METRICS
+from controller import validation
+from controller.hub import Hub
+from controller.ingest import IngestWriter
+from controller.services.common import (
+    device_to_proto, maps_errors, now_ms, require_admin, token_to_proto,
+)
+from controller.services.fleet import desired_state
+from controller.store import FleetStore, NotFound, TokenRecord
+from controller.telemetry.aggregate import AGGREGATIONS, bucketize
+from protos import admin_pb2, admin_pb2_grpc
+
+MAX_TTL_MS = 366 * 24 * 3600 * 1000
+MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
+MAX_BUCKETS = 10_000
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter, offline_after_ms: int) -> None:
+        self._store, self._hub, self._ingest = store, hub, ingest
+        self._offline_after_ms = offline_after_ms
+
+    def _device(self, device):  # type: ignore[no-untyped-def]
+        return device_to_proto(device, self._hub, self._offline_after_ms)
+
+    async def _find(self, id_or_name: str):  # type: ignore[no-untyped-def]
+        validation.text("id", id_or_name, 64)
+        device = await asyncio.to_thread(self._store.find_device, id_or_name)
+        if device is None:
+            raise NotFound(f"no device with id or name {id_or_name!r}; see `slmops devices list`")
+        return device
+
+    # tokens
+    @maps_errors
+    async def CreateToken(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        labels = validation.labels("labels", request.labels)
+        validation.int_range("ttl_ms", request.ttl_ms, 60_000, MAX_TTL_MS, " ms")
+        max_uses = validation.int_range("max_uses", request.max_uses or 1, 1, 100_000)
+        secret = secrets.token_urlsafe(24)
+        now = now_ms()
+        token = TokenRecord(
+            id="t-" + secrets.token_hex(6), verifier=verifier_of(secret), labels=labels,
+            created_at_ms=now, expires_at_ms=now + request.ttl_ms, max_uses=max_uses,
+        )
+        await self._ingest.run_in_writer(self._store.create_token, token)
+        return admin_pb2.CreateTokenResponse(
+            token=token_to_proto(token), secret_token=f"{token.id}.{secret}"
+        )
+
+    @maps_errors
+    async def ListTokens(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        tokens = await asyncio.to_thread(self._store.list_tokens)
+        return admin_pb2.ListTokensResponse(tokens=[token_to_proto(t) for t in tokens])
+
+    @maps_errors
+    async def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        validation.token_id("id", request.id)
+        token = await self._ingest.run_in_writer(self._store.revoke_token, request.id)
+        return admin_pb2.RevokeTokenResponse(token=token_to_proto(token))
+
+    # devices
+    @maps_errors
+    async def ListDevices(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        selector = validation.labels("selector", request.selector)
+        devices = await asyncio.to_thread(
+            self._store.list_devices, selector, request.include_removed
+        )
+        return admin_pb2.ListDevicesResponse(devices=[self._device(d) for d in devices])
+
+    @maps_errors
+    async def GetDevice(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        return admin_pb2.GetDeviceResponse(device=self._device(await self._find(request.id)))
+
+    @maps_errors
+    async def UpdateDeviceLabels(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        set_labels = validation.labels("set", request.set)
+        remove = validation.label_keys("remove", request.remove)
+        device = await self._find(request.id)
+        device = await self._ingest.run_in_writer(
+            self._store.update_labels, device.id, set_labels, remove
+        )
+        session = self._hub.get(device.id)
+        if session is not None:
+            session.send(desired_state(device))
+        return admin_pb2.UpdateDeviceLabelsResponse(device=self._device(device))
+
+    @maps_errors
+    async def RemoveDevice(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        device = await self._find(request.id)
+        device = await self._ingest.run_in_writer(self._store.remove_device, device.id, now_ms())
+        self._hub.disconnect(device.id, f"device {device.id} was removed from the fleet",
+                             "UNAUTHENTICATED")
+        return admin_pb2.RemoveDeviceResponse(device=self._device(device))
+
+    # telemetry
+    @maps_errors
+    async def ListMetrics(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        return admin_pb2.ListMetricsResponse(metrics=[
+            admin_pb2.MetricInfo(name=m.name, unit=m.unit, help=m.help) for m in METRICS.values()
+        ])
+
+    @maps_errors
+    async def QueryTelemetry(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        if request.metric not in METRICS:
+            raise validation.Invalid(
+                f"metric: {request.metric!r} is not a known metric; known: {', '.join(METRICS)}"
+            )
+        agg = request.agg or "avg"
+        if agg not in AGGREGATIONS:
+            raise validation.Invalid(f"agg: {agg!r} is not one of {', '.join(AGGREGATIONS)}")
+        validation.int_range("since_ms", request.since_ms, 1, MAX_WINDOW_MS, " ms")
+        validation.int_range("step_ms", request.step_ms, 0, MAX_WINDOW_MS, " ms")
+        if request.until_ms < 0:
+            raise validation.Invalid(f"until_ms: {request.until_ms} is negative")
+        end = request.until_ms or now_ms()
+        start = end - request.since_ms
+        if request.step_ms and request.since_ms // request.step_ms > MAX_BUCKETS:
+            raise validation.Invalid(
+                f"step_ms: {request.step_ms} ms over {request.since_ms} ms gives more than "
+                f"{MAX_BUCKETS} buckets; use a larger step"
+            )
+        selector = validation.labels("selector", request.selector)
+        if request.device_id and selector:
+            raise validation.Invalid("device_id and selector: give one or the other")
+        if request.device_id:
+            devices = [await self._find(request.device_id)]
+        else:
+            devices = await asyncio.to_thread(self._store.list_devices, selector, False)
+        names = {d.id: d.name for d in devices}
+        points = await asyncio.to_thread(
+            self._store.query_points, list(names), request.metric, start, end
+        )
+        results = bucketize(points, start, end, request.step_ms, agg)
+        return admin_pb2.QueryTelemetryResponse(
+            start_ms=start, end_ms=end, step_ms=request.step_ms, agg=agg,
+            series=[
+                admin_pb2.Series(
+                    device_id=r.device_id, device_name=names.get(r.device_id, ""),
+                    metric=r.metric, series=r.series,
+                    points=[admin_pb2.Point(timestamp_ms=p.timestamp_ms, value=p.value,
+                                            count=p.count) for p in r.points],
+                )
+                for r in results
+            ],
+        )

@@ -1,0 +1,61 @@
+"""The controller's settings, validated at startup; the one place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def split_address(field_name: str, address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{field_name}: {address!r} is not HOST:PORT (e.g. 127.0.0.1:7443)")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    data_dir: Path
+    listen: str = "127.0.0.1:7443"
+    enroll_listen: str = ""  # "" = the listen host, port + 1 (or 0 when listen's port is 0)
+    db_url: str = ""  # "" = SQLite in data_dir
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    offline_after_ms: int = 15_000
+    ingest_max_delay_ms: int = 20
+    max_message_bytes: int = 16 * 1024 * 1024
+    extra_server_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        split_address("--listen", self.listen)
+        if self.enroll_listen:
+            split_address("--enroll-listen", self.enroll_listen)
+        if self.retention_ms < 60_000:
+            raise SettingsError(f"--retention: {self.retention_ms} ms is less than a minute")
+        if self.offline_after_ms < 1000:
+            raise SettingsError(f"--offline-after: {self.offline_after_ms} ms is under 1 s")
+
+    @property
+    def resolved_enroll_listen(self) -> str:
+        if self.enroll_listen:
+            return self.enroll_listen
+        host, port = split_address("--listen", self.listen)
+        return f"{host}:{port + 1 if port else 0}"
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'fleet.db'}"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "slmops" / "controller"
+
+
+def config_path_from_env() -> Path | None:
+    value = os.environ.get("SLMOPS_CONFIG")
+    return Path(value) if value else None
