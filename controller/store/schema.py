@@ -1,0 +1,91 @@
+"""The fleet database's tables, in SQLAlchemy Core (portable between SQLite and PostgreSQL).
+
+Times are milliseconds since the epoch (BIGINT). Labels and hardware are JSON text, so the
+schema stays the same on both backends.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("verifier", LargeBinary, nullable=False),
+    Column("labels", Text, nullable=False, default="{}"),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("max_uses", Integer, nullable=False),
+    Column("uses", Integer, nullable=False, default=0),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("labels", Text, nullable=False, default="{}"),
+    Column("hardware", Text, nullable=False, default="{}"),
+    Column("profile", String(255), nullable=False, default=""),
+    Column("agent_version", String(64), nullable=False, default=""),
+    Column("cert_serial", String(128), nullable=False, default=""),
+    Column("enrolled_at_ms", BigInteger, nullable=False),
+    Column("last_seen_ms", BigInteger, nullable=False, default=0),
+    Column("removed_at_ms", BigInteger, nullable=False, default=0),
+    Column("acked_through_seq", BigInteger, nullable=False, default=0),
+    Column("spool_dropped_total", BigInteger, nullable=False, default=0),
+    Column("desired_generation", BigInteger, nullable=False, default=1),
+    Column("desired_model", String(255), nullable=False, default=""),
+)
+
+# A name is unique among active devices only (removed ones keep theirs); both SQLite and
+# PostgreSQL support this partial index, so concurrent enrollments can't share a name.
+Index(
+    "uq_devices_active_name",
+    devices.c.name,
+    unique=True,
+    sqlite_where=devices.c.removed_at_ms == 0,
+    postgresql_where=devices.c.removed_at_ms == 0,
+)
+
+# One row per (device, metric, series); points refer to it by a small integer id.
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("series", String(128), nullable=False),
+    UniqueConstraint("device_id", "metric", "series", name="uq_series_key"),
+)
+
+# The primary key makes the database itself store a sample's value once.
+points = Table(
+    "points",
+    metadata,
+    Column("series_id", Integer, ForeignKey("series.id"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    PrimaryKeyConstraint("series_id", "seq", name="pk_points"),
+    Index("ix_points_series_ts", "series_id", "ts_ms"),
+)
