@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -22,7 +21,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except CliError as e:
-            fail(e, "--json" in sys.argv[1:])
+            fail(e, bool(ctx.meta.get("slmops.as_json")))
 
 
 @click.group(cls=Group)

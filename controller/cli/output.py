@@ -15,7 +15,13 @@ from rich.table import Table
 # Wide enough for the tables when the output is a pipe or a file, not a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta["slmops.as_json"] = value  # meta is shared along the context chain
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True,
+                           callback=_remember_json, help="print JSON for scripts")
 
 
 class CliError(Exception):
