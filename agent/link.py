@@ -86,13 +86,12 @@ class ControllerLink:
         options = [*CHANNEL_OPTIONS,
                    ("grpc.ssl_target_name_override", self._identity.server_name)]
         while True:
-            welcomed = False
             try:
                 async with grpc.aio.secure_channel(
                     self._identity.controller, channel_credentials(self._identity), options
                 ) as channel:
                     async for _ in self._session(channel):
-                        welcomed, attempt = True, 0
+                        attempt = 0  # a welcomed session resets the backoff
             except grpc.aio.AioRpcError as e:
                 self.last_error = f"{e.code().name}: {e.details()}"
                 if e.code() in REFUSED:

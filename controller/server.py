@@ -15,7 +15,11 @@ from controller.client_config import FILE_NAME, ClientConfig
 from controller.hub import Hub
 from controller.ingest import IngestWriter
 from controller.pki import (
-    ROLE_ADMIN, ROLE_CONTROLLER, SERVER_NAME, CertificateAuthority, load_or_create_signing_key,
+    ROLE_ADMIN,
+    ROLE_CONTROLLER,
+    SERVER_NAME,
+    CertificateAuthority,
+    load_or_create_signing_key,
     raw_public_key,
 )
 from controller.services.admin import AdminServicer

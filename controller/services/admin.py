@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-import grpc
-
 from agent.enrollment_proof import verifier_of
 from agent.telemetry.catalog import METRICS
 from controller import validation
 from controller.hub import Hub
 from controller.ingest import IngestWriter
 from controller.services.common import (
-    device_to_proto, maps_errors, now_ms, require_admin, token_to_proto,
+    device_to_proto,
+    maps_errors,
+    now_ms,
+    require_admin,
+    token_to_proto,
 )
 from controller.services.fleet import desired_state
 from controller.store import FleetStore, NotFound, TokenRecord

@@ -16,7 +16,12 @@ from controller import validation
 from controller.hub import Hub
 from controller.pki import ROLE_ADMIN, ROLE_DEVICE, CsrError, PeerCert, parse_peer_cert
 from controller.store import (
-    Conflict, DeviceRecord, FleetStore, NotFound, TokenRecord, TokenRejected,
+    Conflict,
+    DeviceRecord,
+    FleetStore,
+    NotFound,
+    TokenRecord,
+    TokenRejected,
 )
 from protos import admin_pb2, common_pb2
 
