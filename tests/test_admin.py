@@ -137,3 +137,11 @@ def test_cli_unknown_device_is_not_found(ctl: RunningController) -> None:
     result = _cli(ctl, "devices", "show", "ghost", "--json")
     assert result.exit_code == 1
     assert json.loads(result.output)["error"]["code"] == "not_found"
+
+
+def test_message_over_the_transport_limit_is_refused_and_the_server_goes_on(ctl) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        ctl.admin.UpdateDeviceLabels(admin_pb2.UpdateDeviceLabelsRequest(
+            id="edge-1", set={"room": "x" * 20_000_000}), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ctl.admin.ListDevices(admin_pb2.ListDevicesRequest(), timeout=5).devices == []
