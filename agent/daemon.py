@@ -103,7 +103,7 @@ class Agent:
     async def run(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        hardware = detect_hardware(s.data_dir)
+        hardware = await asyncio.to_thread(detect_hardware, s.data_dir)  # nvidia-smi may hang
         identity = await self.obtain_identity(hardware)
         spool = Spool(s.data_dir / "telemetry.db", s.spool_max_samples)
         link = ControllerLink(identity, spool, hardware, s.link, self._on_desired_state)
