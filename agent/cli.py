@@ -80,7 +80,7 @@ def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: 
     except EnrollmentError as e:
         _fail(str(e), EXIT_ENROLL, as_json)
     except DeviceRefused as e:
-        _fail(f"the controller refused this device: {e}. To rejoin, move "
+        _fail(f"the controller refused this device: {str(e).rstrip('.')}. To rejoin, move "
               f"{data_dir / 'identity.json'} aside and run again with a new --token.",
               EXIT_REFUSED, as_json)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from agent.enroll import enroll
 from agent.identity import Identity
@@ -132,10 +131,3 @@ class RunningController:
             channel.close()
         self.run(self.controller.stop(grace_s=1))
         self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-@pytest.fixture
-def ctl(tmp_path: Path) -> Iterator[RunningController]:
-    running = RunningController(tmp_path / "ctl")
-    yield running
-    running.stop()

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inproc import RunningController, ctl, sample  # noqa: F401 - ctl is a fixture
+from inproc import RunningController, sample
 
 from controller.cli.main import cli
 from protos import admin_pb2, fleet_pb2

@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from inproc import HARDWARE, RunningController, ctl  # noqa: F401 - ctl is a fixture
+from inproc import HARDWARE, RunningController
 
 from agent.enroll import EnrollmentError, _key_and_csr, enroll
 from agent.enrollment_proof import parse_token, request_proof, response_proof

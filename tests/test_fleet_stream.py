@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from inproc import DeviceStream, RunningController, ctl, sample  # noqa: F401 - ctl is a fixture
+from inproc import DeviceStream, RunningController, sample
 
 from controller.pki import CertificateAuthority
 from protos import admin_pb2, admin_pb2_grpc, common_pb2, fleet_pb2

@@ -83,8 +83,7 @@ async def require_device(context: grpc.aio.ServicerContext, store: FleetStore) -
     if device.removed_at_ms:
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
-            f"device {device.id} was removed from the fleet; its certificate no longer works. "
-            "Enroll it again with a new token.",
+            f"device {device.id} was removed from the fleet; its certificate no longer works",
         )
     return device
 

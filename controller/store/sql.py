@@ -311,7 +311,7 @@ class SqlFleetStore(FleetStore):
     def _active(self, conn: Connection, device_id: str) -> DeviceRecord:
         row = conn.execute(select(devices).where(devices.c.id == device_id)).first()
         if row is None:
-            raise NotFound(f"device {device_id} not found; see them with `slmops device list`")
+            raise NotFound(f"device {device_id} not found; see them with `slmops devices list`")
         found = _device(row)
         if found.removed_at_ms:
             raise NotFound(f"device {device_id} was removed at {_iso(found.removed_at_ms)}")
@@ -345,7 +345,7 @@ class SqlFleetStore(FleetStore):
             )
             row = conn.execute(select(devices).where(where)).first()
             if row is None:
-                raise NotFound(f"device {device_id} not found; see them with `slmops device list`")
+                raise NotFound(f"device {device_id} not found; see them with `slmops devices list`")
             return _device(row)
 
     def record_hello(
