@@ -1,0 +1,84 @@
+"""JSON Lines in and out: errors that name the file and the line, writes that are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """A data file that can't be used; the message names the file, the line and the field."""
+
+
+def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every line of ``path`` as a dict. Blank lines are skipped. Raises DataError naming the
+    file and line for malformed JSON, a line that is not an object, or a missing/non-string
+    required field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno})"
+                                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got "
+                                f"{type(row).__name__}")
+            for field in required:
+                if not isinstance(row.get(field), str) or not row[field].strip():
+                    raise DataError(f"{path}:{number}: field {field!r} is missing or not a "
+                                    "non-empty string")
+            rows.append(row)
+    return rows
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, fsync, and rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write rows atomically; returns how many."""
+    lines = [json.dumps(dict(r), ensure_ascii=False) for r in rows]
+    write_atomic(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    return len(lines)
+
+
+def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
+    """Append one line and flush it to disk (for logs that must survive a kill)."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def append_jsonl_many(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append several lines with one flush and one fsync (a chunk of a long-running job)."""
+    text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
+    if not text:
+        return
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
