@@ -1,0 +1,183 @@
+"""Evaluate a model in a process of its own, so its peak memory is its own.
+
+``evaluate_isolated`` starts ``python -m controller.pipeline.evaluate.measure`` and relays the
+child's progress to the caller's Events. The child runs :func:`harness.evaluate` and adds
+``peak_memory_bytes``: ``VmHWM`` from its own ``/proc/self/status`` (``ru_maxrss`` of a child
+can carry its parent's peak), and ``baseline_memory_bytes``: ``VmRSS`` once torch and
+transformers are imported, before the model loads. Use this for the numbers a user reads.
+
+Child protocol: one JSON object per stdout line, {"type": "progress"|"log"|"result", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from controller.pipeline.events import Events
+
+MODULE = "controller.pipeline.evaluate.measure"
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation process failed; the message carries the end of its stderr."""
+
+
+def evaluate_isolated(model_ref: str | Path, rows_path: Path, *, adapter_dir: Path | None = None,
+                      max_new_tokens: int = 64, batch_size: int = 32, latency_samples: int = 50,
+                      device: str = "auto", threads: int | None = None, timeout_s: float | None = None,
+                      events: Events | None = None) -> dict[str, Any]:
+    """``harness.evaluate`` on the rows of ``rows_path`` (JSONL: intent, prompt, answer) in a
+    fresh process; its result plus "peak_memory_bytes" and "baseline_memory_bytes".
+    ``threads`` sets torch's thread count in the child. Raises EvaluationError with the child's
+    stderr tail when it fails or runs past ``timeout_s``; Cancelled (after killing it) when
+    ``events`` asks for a cancel."""
+    events = events or Events()
+    command = [sys.executable, "-m", MODULE, "--model", str(model_ref), "--rows", str(rows_path),
+               "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
+               "--latency-samples", str(latency_samples), "--device", device]
+    if adapter_dir is not None:
+        command += ["--adapter-dir", str(adapter_dir)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
+        reader.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        result: dict[str, Any] | None = None
+        try:
+            while True:
+                events.check_cancelled()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EvaluationError(f"evaluation of {model_ref} ran past {timeout_s} s; "
+                                          f"stopped it{_tail(stderr)}")
+                try:
+                    line = lines.get(timeout=0.25)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    break
+                result = _relay(line, events) or result
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            reader.join(timeout=5)
+        if process.returncode != 0 or result is None:
+            raise EvaluationError(f"evaluation of {model_ref} failed (exit {process.returncode})"
+                                  f"{_tail(stderr)}")
+    return result
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _relay(line: str, events: Events) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a library printed to stdout; not ours
+    if not isinstance(message, dict):
+        return None
+    kind = message.pop("type", None)
+    if kind == "progress":
+        events.progress(message.pop("task"), message.pop("done"), message.pop("total"), **message)
+    elif kind == "log":
+        events.log(message["message"])
+    elif kind == "result":
+        return message["result"]
+    return None
+
+
+def _tail(stderr: IO[bytes], limit: int = 2000) -> str:
+    stderr.seek(0)
+    text = stderr.read().decode("utf-8", errors="replace").strip()
+    return f":\n{text[-limit:]}" if text else " (no output on stderr)"
+
+
+# -- the child -----------------------------------------------------------------------------
+
+
+class _StdoutEvents(Events):
+    def progress(self, task: str, done: float, total: float, **fields: Any) -> None:
+        _emit({"type": "progress", "task": task, "done": done, "total": total, **fields})
+
+    def log(self, message: str) -> None:
+        _emit({"type": "log", "message": message})
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of this process's /proc/self/status in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--rows", required=True, type=Path)
+    parser.add_argument("--adapter-dir", type=Path)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+
+    from controller.pipeline.jsonl import DataError, read_jsonl
+
+    try:
+        rows = read_jsonl(args.rows, required=("intent", "prompt", "answer"))
+    except DataError as e:  # before the heavy imports: a bad file fails in a blink
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+    import transformers  # noqa: F401 - loaded before the baseline, so it counts as runtime
+
+    from controller.pipeline.evaluate.harness import evaluate
+    from controller.pipeline.modelkit import ModelError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    baseline = proc_status_bytes("VmRSS")
+    try:
+        result = evaluate(args.model, rows, adapter_dir=args.adapter_dir, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, latency_samples=args.latency_samples,
+                          device=args.device, events=_StdoutEvents())
+    except (ModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result["peak_memory_bytes"] = proc_status_bytes("VmHWM")
+    result["baseline_memory_bytes"] = baseline
+    result["threads"] = torch.get_num_threads()
+    _emit({"type": "result", "result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
