@@ -1,0 +1,83 @@
+"""init_model: a freshly initialised Llama of a named size (or a dict of its shape), on a
+tokenizer trained on a data file's texts or taken from another model.
+
+Output: ``model`` (a Hugging Face model directory, slmops.json kind "base").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.pipeline.refs import DataRef, ModelRef
+from controller.pipeline.steps.base import Step, StepContext, StepError
+from controller.pipeline.steps.params import ParamError, param
+from controller.pipeline.steps.training import data_name, file_sha256
+
+
+def check_size(field: str, size: str | dict[str, int | str]) -> None:
+    """A named size or a shape mapping, checked now rather than when the model is built."""
+    from controller.pipeline.modelkit import ModelError, resolve_size
+
+    try:
+        resolve_size(size)
+    except ModelError as e:
+        raise ParamError(field, str(e).removeprefix("model size: ")) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitModelParams:
+    size: str | dict[str, int | str] = param("student", "a named size (teacher, student, tiny) or "
+                                             "a mapping of hidden_size, num_layers, ... (base: NAME "
+                                             "takes the rest from a named size)")
+    tokenizer_from: DataRef | None = param(None, "train a byte-level BPE tokenizer on this data "
+                                                 "file's prompts and answers", columns=("prompt",))
+    tokenizer_model: ModelRef | None = param(None, "reuse this model's tokenizer instead")
+    vocab_size: int = param(2048, "tokenizer vocabulary size (with tokenizer_from)")
+
+    def __post_init__(self) -> None:
+        if (self.tokenizer_from is None) == (self.tokenizer_model is None):
+            raise ParamError("tokenizer_from", "give exactly one of tokenizer_from (a data file) "
+                                               "or tokenizer_model (a model reference)")
+        if self.vocab_size < 261:
+            raise ParamError("vocab_size", f"must be at least 261 (256 bytes + 5 special tokens), "
+                                           f"got {self.vocab_size}")
+        check_size("size", self.size)
+
+
+class InitModel(Step):
+    name = "init_model"
+    summary = "build a randomly initialised Llama on a trained or borrowed tokenizer"
+    Params = InitModelParams
+    outputs = {"model": "model"}
+
+    def run(self, ctx: StepContext, params: InitModelParams) -> dict[str, Path]:
+        from controller.pipeline.jsonl import read_jsonl
+        from controller.pipeline.modelkit import build_model, train_tokenizer
+
+        lineage: dict[str, object] = {"kind": "base", "size": params.size}
+        if params.tokenizer_from is not None:
+            tokenizer_dir = ctx.dir / "tokenizer"
+            path = ctx.data(params.tokenizer_from)
+            if not (tokenizer_dir / "tokenizer.json").is_file():
+                rows = read_jsonl(path, required=("prompt",))
+                texts = [r["prompt"] for r in rows]
+                texts += [r["answer"] for r in rows if isinstance(r.get("answer"), str)]
+                ctx.events.log(f"{ctx.task()}: training a {params.vocab_size}-token tokenizer on "
+                               f"{len(texts)} texts")
+                train_tokenizer(texts, tokenizer_dir, vocab_size=params.vocab_size)
+            lineage["data"] = {data_name(params.tokenizer_from): file_sha256(path)}
+        else:
+            assert params.tokenizer_model is not None
+            source = ctx.model(params.tokenizer_model)
+            if source.kind != "model" or source.path is None:
+                raise StepError(f"tokenizer_model {params.tokenizer_model!r}: a local model directory "
+                                "is needed to borrow its tokenizer")
+            tokenizer_dir = source.path
+            lineage["tokenizer"] = source.lineage()
+        out = ctx.dir / "model"
+        if not (out / "config.json").is_file():
+            build_model(params.size, tokenizer_dir, out, seed=ctx.seed)
+        lineage["seed"] = ctx.seed
+        ctx.lineage["model"] = lineage
+        return {"model": out}
