@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from controller.client_config import FILE_NAME, ClientConfig
 from controller.hub import Hub
 from controller.ingest import IngestWriter
+from controller.jobs import JobManager, JobStore
 from controller.pki import (
     ROLE_ADMIN,
     ROLE_CONTROLLER,
@@ -22,12 +23,14 @@ from controller.pki import (
     load_or_create_signing_key,
     raw_public_key,
 )
+from controller.registry import ModelRegistry
 from controller.services.admin import AdminServicer
 from controller.services.enrollment import EnrollmentServicer
 from controller.services.fleet import FleetServicer
+from controller.services.pipeline import PipelineServicer
 from controller.settings import ControllerSettings, split_address
 from controller.store import FleetStore, open_store
-from protos import admin_pb2_grpc, enrollment_pb2_grpc, fleet_pb2_grpc
+from protos import admin_pb2_grpc, enrollment_pb2_grpc, fleet_pb2_grpc, pipeline_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class Controller:
         self.hub = Hub()
         self.store: FleetStore | None = None
         self.ingest: IngestWriter | None = None
+        self.registry: ModelRegistry | None = None
+        self.jobs: JobManager | None = None
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> Endpoints:
@@ -73,6 +78,10 @@ class Controller:
         self.store = await asyncio.to_thread(open_store, s.resolved_db_url)
         self.ingest = IngestWriter(self.store, s.ingest_max_delay_ms, s.retention_ms)
         self.ingest.start()
+        self.registry = await asyncio.to_thread(ModelRegistry, s.resolved_db_url, s.data_dir / "models")
+        job_store = await asyncio.to_thread(JobStore, s.resolved_db_url)
+        self.jobs = JobManager(job_store, self.registry, s.data_dir / "jobs",
+                               max_concurrent=s.max_concurrent_jobs)
 
         options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", s.max_message_bytes)]
         main = grpc.aio.server(options=options)
@@ -80,6 +89,8 @@ class Controller:
             FleetServicer(self.store, self.hub, self.ingest), main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms), main)
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
+            PipelineServicer(self.jobs, self.registry), main)
         credentials = grpc.ssl_server_credentials(
             [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
             root_certificates=ca.cert_pem.encode(), require_client_auth=True,
@@ -97,11 +108,12 @@ class Controller:
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         for service in ("slmops.v1.FleetService", "slmops.v1.AdminService",
-                        "slmops.v1.EnrollmentService"):
+                        "slmops.v1.EnrollmentService", "slmops.v1.PipelineService"):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._servers = [main, bootstrap]
         for server in self._servers:
             await server.start()
+        await self.jobs.start()
 
         enroll_host, _ = split_address("--enroll-listen", s.resolved_enroll_listen)
         endpoints = Endpoints(
@@ -132,10 +144,17 @@ class Controller:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Graceful: streams are told to end, in-flight calls get ``grace_s`` to finish, and
-        everything acknowledged is already committed."""
+        everything acknowledged is already committed. Running jobs' workers are stopped and
+        the jobs queued again, to resume at the next start."""
         self.hub.close_all("controller shutting down")
+        if self.jobs is not None:
+            await self.jobs.stop()
         await asyncio.gather(*(server.stop(grace_s) for server in self._servers))
         if self.ingest is not None:
             await self.ingest.stop()
+        if self.jobs is not None:
+            self.jobs.store.close()
+        if self.registry is not None:
+            self.registry.close()
         if self.store is not None:
             self.store.close()

@@ -28,6 +28,7 @@ class ControllerSettings:
     offline_after_ms: int = 15_000
     ingest_max_delay_ms: int = 20
     max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_jobs: int = 1  # pipeline jobs (worker processes) running at once
     extra_server_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -38,6 +39,9 @@ class ControllerSettings:
             raise SettingsError(f"--retention: {self.retention_ms} ms is less than a minute")
         if self.offline_after_ms < 1000:
             raise SettingsError(f"--offline-after: {self.offline_after_ms} ms is under 1 s")
+        if not 1 <= self.max_concurrent_jobs <= 64:
+            raise SettingsError(f"--max-jobs: {self.max_concurrent_jobs} is out of range; allowed "
+                                "1..64")
 
     @property
     def resolved_enroll_listen(self) -> str:

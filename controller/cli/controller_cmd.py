@@ -31,9 +31,11 @@ def controller() -> None:
 @click.option("--retention", default="7d", show_default=True, help="how long telemetry is kept")
 @click.option("--offline-after", default="15s", show_default=True,
               help="a device with no message for this long is offline")
+@click.option("--max-jobs", type=int, default=1, show_default=True,
+              help="pipeline jobs (worker processes) that run at once; the rest wait in the queue")
 @json_option
 def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, retention: str,
-          offline_after: str, as_json: bool) -> None:
+          offline_after: str, max_jobs: int, as_json: bool) -> None:
     """Start the controller in the foreground; SIGTERM or Ctrl-C stops it gracefully."""
     from controller.server import Controller
 
@@ -41,7 +43,7 @@ def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, r
         settings = ControllerSettings(
             data_dir=data_dir or default_data_dir(), listen=listen, enroll_listen=enroll_listen,
             db_url=db_url, retention_ms=parse_duration(retention),
-            offline_after_ms=parse_duration(offline_after),
+            offline_after_ms=parse_duration(offline_after), max_concurrent_jobs=max_jobs,
         )
     except (SettingsError, ValueError) as e:
         raise CliError(str(e), "invalid_argument", 2) from None

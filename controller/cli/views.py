@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import json_format
 
 from controller.cli.output import when
-from protos import admin_pb2, common_pb2
+from protos import admin_pb2, common_pb2, pipeline_pb2
 
 
 def hardware(h: common_pb2.Hardware) -> dict[str, Any]:
@@ -52,4 +53,41 @@ def telemetry(r: admin_pb2.QueryTelemetryResponse) -> dict[str, Any]:
             }
             for s in r.series
         ],
+    }
+
+
+def _json_field(text: str) -> Any:
+    return json.loads(text) if text else {}
+
+
+def job(j: pipeline_pb2.Job) -> dict[str, Any]:
+    p = j.progress
+    progress: dict[str, Any] = {}
+    if p.step or p.task:
+        progress = {"step": p.step, "step_index": p.step_index, "step_count": p.step_count,
+                    "task": p.task, "percent": p.percent}
+        if p.HasField("loss"):
+            progress["loss"] = p.loss
+        if p.HasField("eta_s"):
+            progress["eta_s"] = p.eta_s
+    return {
+        "id": j.id, "kind": j.kind, "recipe_name": j.recipe_name, "status": j.status,
+        "progress": progress, "error": j.error, "models": list(j.models), "attempts": j.attempts,
+        "target": j.target, "result": _json_field(j.result_json),
+        "created_at": when(j.created_at_ms), "started_at": when(j.started_at_ms) if j.started_at_ms
+        else None, "finished_at": when(j.finished_at_ms) if j.finished_at_ms else None,
+        "created_at_ms": j.created_at_ms, "started_at_ms": j.started_at_ms,
+        "finished_at_ms": j.finished_at_ms,
+    }
+
+
+def model(m: pipeline_pb2.Model) -> dict[str, Any]:
+    return {
+        "name": m.name, "version": m.version, "ref": f"{m.name}:{m.version}", "kind": m.kind,
+        "params": m.params, "size_bytes": m.size_bytes, "metrics": _json_field(m.metrics_json),
+        "lineage": _json_field(m.lineage_json), "created": when(m.created_at_ms),
+        "created_at_ms": m.created_at_ms, "job_id": m.job_id, "sha256": m.sha256,
+        "evaluations": [{"eval_name": e.eval_name, "metrics": _json_field(e.metrics_json),
+                         "created": when(e.created_at_ms), "job_id": e.job_id}
+                        for e in m.evaluations],
     }

@@ -1,0 +1,73 @@
+"""`slmops eval`: measure a registered model on a test file, as a job on the controller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from controller.cli.follow import follow, interrupted, require_success
+from controller.cli.output import CliError, console, emit, json_option
+from controller.cli.pipeline_client import PipelineClient
+from controller.pipeline.jsonl import DataError, read_jsonl
+
+FIELDS = ("id", "intent", "prompt", "answer")
+
+
+def check_data(path: Path) -> int:
+    """The file is JSON lines with every field; the error names the file and the line."""
+    try:
+        rows = read_jsonl(path, required=FIELDS)
+    except DataError as e:
+        raise CliError(f"--data: {e}", "invalid_argument", 2) from None
+    if not rows:
+        raise CliError(f"--data: {path} holds no examples; each line is a JSON object with "
+                       f"{', '.join(FIELDS)}", "invalid_argument", 2)
+    return len(rows)
+
+
+def _human(d: dict[str, Any]) -> None:
+    m = d["metrics"]
+    console.print(f"[bold]{d['model']}[/bold] on {d['eval_name']} ({m.get('n', '?')} examples, "
+                  f"job {d['job']})", highlight=False)
+    latency = m.get("latency_ms") or {}
+    for key, value in (
+        ("exact match", f"{m['exact_match']:.1%}" if "exact_match" in m else "-"),
+        ("ROUGE-L", f"{m['rouge_l']:.3f}" if "rouge_l" in m else "-"),
+        ("latency", f"p50 {latency.get('p50', 0):.1f} ms, p95 {latency.get('p95', 0):.1f} ms"
+         if latency else "-"),
+        ("tokens/s", f"{m['tokens_per_s']:.0f}" if "tokens_per_s" in m else "-"),
+        ("peak memory", f"{m['peak_memory_bytes'] / 2**20:.0f} MiB" if "peak_memory_bytes" in m
+         else "-"),
+    ):
+        console.print(f"  {key:>12}  {value}", highlight=False)
+    for intent, v in sorted((m.get("per_intent") or {}).items()):
+        console.print(f"  {intent:>12}  {v.get('exact_match', 0):.1%} of {v.get('n', '?')}",
+                      highlight=False)
+
+
+@click.command("eval")
+@click.argument("ref")
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="test set, JSON lines: id, intent, prompt, answer")
+@click.option("--name", "eval_name", default="", help="what to call this evaluation "
+              "(default: the data file's name)")
+@json_option
+@click.pass_obj
+def eval_(obj: dict, ref: str, data: Path, eval_name: str, as_json: bool) -> None:
+    """Evaluate a registered model (NAME:VERSION) on a test set: exact match overall and per
+    intent, ROUGE-L, latency, tokens/s, peak memory. Runs as a job; waits for it."""
+    check_data(data)
+    client = PipelineClient(obj["config"])
+    job = client.evaluate(ref, eval_name, data.name, data)
+    if not as_json:
+        console.print(f"evaluating {job.target} as job {job.id}", highlight=False)
+    try:
+        job = follow(client, job.id, show=not as_json)
+    except KeyboardInterrupt:
+        raise interrupted(job.id) from None
+    require_success(job)
+    emit({"job": job.id, "model": job.target, "eval_name": eval_name or data.name,
+          "metrics": json.loads(job.result_json or "{}")}, as_json, _human)

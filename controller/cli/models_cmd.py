@@ -1,0 +1,153 @@
+"""`slmops models`: the registry — versions, lineage, and the teacher/student comparison."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from controller.cli import views
+from controller.cli.output import CliError, console, emit, json_option, table
+from controller.cli.pipeline_client import PipelineClient
+from protos import pipeline_pb2
+
+
+@click.group()
+def models() -> None:
+    """Registered models: list, show, compare."""
+
+
+def human_count(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+@models.command("list")
+@click.option("--name", default="", help="only the versions of this model")
+@json_option
+@click.pass_obj
+def list_(obj: dict, name: str, as_json: bool) -> None:
+    """Every model version: kind, parameters, size, accuracy, when it was made."""
+    client = PipelineClient(obj["config"])
+    response = client.rpc(client.pipeline.ListModels, pipeline_pb2.ListModelsRequest(name=name))
+    data = {"models": [views.model(m) for m in response.models]}
+    emit(data, as_json, lambda d: table(f"models ({len(d['models'])})",
+         ["model", "kind", "params", "size", "exact match", "created", "job"],
+         [[m["ref"], m["kind"], human_count(m["params"]), human_bytes(m["size_bytes"]),
+           pct(m["metrics"].get("exact_match")), m["created"], m["job_id"] or "-"]
+          for m in d["models"]]))
+
+
+def _show(m: dict[str, Any]) -> None:
+    console.print(f"[bold]{m['ref']}[/bold]  {m['kind']}  {human_count(m['params'])} params  "
+                  f"{human_bytes(m['size_bytes'])}  created {m['created']}  job {m['job_id'] or '-'}",
+                  highlight=False)
+    console.print(f"  sha256 {m['sha256']}", highlight=False)
+    for title, value in (("lineage", m["lineage"]), ("metrics", m["metrics"])):
+        console.print(f"[bold]{title}[/bold]")
+        console.print_json(json.dumps(value))
+    for e in m["evaluations"]:
+        console.print(f"[bold]evaluation[/bold] {e['eval_name']} ({e['created']}, job {e['job_id']})")
+        console.print_json(json.dumps(e["metrics"]))
+
+
+@models.command("show")
+@click.argument("ref")
+@json_option
+@click.pass_obj
+def show(obj: dict, ref: str, as_json: bool) -> None:
+    """One version (NAME, NAME:VERSION or NAME:latest): lineage, metrics, evaluations."""
+    client = PipelineClient(obj["config"])
+    m = client.rpc(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=ref)).model
+    emit(views.model(m), as_json, _show)
+
+
+def _metrics_of(m: dict[str, Any], evaluation: str) -> dict[str, Any]:
+    if not evaluation:
+        return dict(m["metrics"])
+    found = [e for e in m["evaluations"] if e["eval_name"] == evaluation]
+    if not found:
+        raise CliError(f"{m['ref']} has no evaluation named {evaluation!r}; run `slmops eval "
+                       f"{m['ref']} --data FILE --name {evaluation}`", "not_found")
+    return dict(found[-1]["metrics"])
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def comparison_row(m: dict[str, Any], metrics: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    latency = metrics.get("latency_ms") or {}
+    row: dict[str, Any] = {
+        "model": m["ref"], "kind": m["kind"],
+        "params": m["params"] or _number(metrics.get("params")),
+        "size_bytes": m["size_bytes"],
+        "peak_memory_bytes": _number(metrics.get("peak_memory_bytes")),
+        "latency_p50_ms": _number(latency.get("p50")), "latency_p95_ms": _number(latency.get("p95")),
+        "tokens_per_s": _number(metrics.get("tokens_per_s")),
+        "exact_match": _number(metrics.get("exact_match")),
+        "data": metrics.get("data") or {},
+    }
+    b = base or row
+    row["retention_pct"] = (100.0 * row["exact_match"] / b["exact_match"]
+                            if row["exact_match"] is not None and b["exact_match"] else None)
+    row["params_pct"] = (100.0 * row["params"] / b["params"] if row["params"] and b["params"] else None)
+    row["speedup"] = (b["latency_p50_ms"] / row["latency_p50_ms"]
+                      if row["latency_p50_ms"] and b["latency_p50_ms"] else None)
+    row["same_data_as_baseline"] = row["data"] == b["data"]
+    return row
+
+
+def _compare_table(d: dict[str, Any]) -> None:
+    def fmt(x: float | None, spec: str, suffix: str = "") -> str:
+        return "-" if x is None else f"{x:{spec}}{suffix}"
+
+    rows = [[r["model"] + ("" if r["same_data_as_baseline"] else " *"), human_count(r["params"]),
+             fmt(r["params_pct"], ".1f", "%"), human_bytes(r["peak_memory_bytes"]),
+             fmt(r["latency_p50_ms"], ".1f"), fmt(r["latency_p95_ms"], ".1f"),
+             fmt(r["tokens_per_s"], ".0f"), pct(r["exact_match"]), fmt(r["retention_pct"], ".1f", "%"),
+             fmt(r["speedup"], ".2f", "x")] for r in d["models"]]
+    table(f"compared with {d['baseline']} ({d['metrics']})",
+          ["model", "params", "params %", "peak memory", "p50 ms", "p95 ms", "tokens/s",
+           "exact match", "retention", "speed-up"], rows)
+    if not all(r["same_data_as_baseline"] for r in d["models"]):
+        console.print("* measured on other data than the baseline; its retention is not a like-"
+                      "for-like comparison", highlight=False)
+
+
+@models.command("compare")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--evaluation", default="", help="compare the results of `slmops eval --name NAME` "
+              "instead of the metrics each model was registered with")
+@json_option
+@click.pass_obj
+def compare(obj: dict, refs: tuple[str, ...], evaluation: str, as_json: bool) -> None:
+    """Parameters, memory, latency, accuracy and throughput side by side; retention % and
+    speed-up against the first model (the teacher)."""
+    if len(refs) < 2:
+        raise CliError("name at least two models: the baseline (teacher) first", "invalid_argument", 2)
+    client = PipelineClient(obj["config"])
+    found = [views.model(client.rpc(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=r)).model)
+             for r in refs]
+    base = comparison_row(found[0], _metrics_of(found[0], evaluation), None)
+    rows = [base] + [comparison_row(m, _metrics_of(m, evaluation), base) for m in found[1:]]
+    emit({"baseline": base["model"], "metrics": evaluation or "registered", "models": rows},
+         as_json, _compare_table)

@@ -1,0 +1,32 @@
+"""The model registry: every model the pipeline makes, as a numbered version with its files,
+kind, size, metrics and lineage, plus evaluations run on it later.
+
+``ModelRegistry(db_url, models_root)`` (registry/sql.py) keeps the rows in the controller's
+database and the files under ``models_root/<name>/<version>/``. A reference is ``NAME``,
+``NAME:latest`` or ``NAME:VERSION``.
+"""
+
+from __future__ import annotations
+
+from controller.registry.records import (
+    MODEL_KINDS,
+    EvaluationRecord,
+    ModelRecord,
+    check_name,
+    parse_ref,
+)
+from controller.registry.sql import ModelRegistry
+from controller.store import Conflict, NotFound
+from controller.validation import Invalid
+
+__all__ = [
+    "MODEL_KINDS",
+    "Conflict",
+    "EvaluationRecord",
+    "Invalid",
+    "ModelRecord",
+    "ModelRegistry",
+    "NotFound",
+    "check_name",
+    "parse_ref",
+]

@@ -1,0 +1,52 @@
+"""The registry's tables, in SQLAlchemy Core, in the same database as the fleet (own MetaData).
+
+A model version's files live in ``<models_root>/<name>/<version>/``; the row keeps that path
+relative to the root, so the root can move. Metrics and lineage are JSON text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("params", BigInteger, nullable=False, default=0),
+    Column("size_bytes", BigInteger, nullable=False, default=0),
+    Column("metrics", Text, nullable=False, default="{}"),
+    Column("lineage", Text, nullable=False, default="{}"),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("job_id", String(64), nullable=False, default=""),
+    Column("path", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    PrimaryKeyConstraint("name", "version", name="pk_models"),
+    Index("ix_models_job", "job_id"),
+)
+
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("eval_name", String(255), nullable=False),
+    Column("metrics", Text, nullable=False, default="{}"),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("job_id", String(64), nullable=False, default=""),
+    Index("ix_evaluations_model", "name", "version"),
+)

@@ -1,0 +1,233 @@
+"""PipelineService: jobs and the model registry for the operator. Admin certificate only.
+
+Thin: it checks what arrives, receives uploads, and turns protos into JobManager and
+ModelRegistry calls and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from controller import validation
+from controller.jobs import STATUSES, JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
+from controller.jobs.store import check_job_id
+from controller.pipeline.jsonl import DataError, read_jsonl
+from controller.registry import EvaluationRecord, ModelRecord, ModelRegistry
+from controller.services.common import require_admin
+from controller.store import Conflict, NotFound, StoreError
+from protos import pipeline_pb2, pipeline_pb2_grpc
+
+T = TypeVar("T")
+MAX_RECIPE_BYTES = 1024 * 1024
+MAX_LIST = 1000
+EVAL_DATA_KEY = "eval-data.jsonl"  # the uploaded file's name inside an eval job's recipe
+EVAL_FIELDS = ("id", "intent", "prompt", "answer")
+
+
+def _code(e: Exception) -> grpc.StatusCode | None:
+    if isinstance(e, validation.Invalid):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(e, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(e, Conflict):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(e, ShuttingDown | StoreError):  # the database is unreachable, or we stop
+        return grpc.StatusCode.UNAVAILABLE
+    return None
+
+
+def _maps_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Domain errors -> the right status code, never UNKNOWN."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except Exception as e:
+            if (code := _code(e)) is None:
+                raise
+            await context.abort(code, str(e))
+        raise AssertionError("unreachable")  # abort raises
+
+    return wrapper
+
+
+def _maps_stream_errors(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as e:
+            if (code := _code(e)) is None:
+                raise
+            await context.abort(code, str(e))
+
+    return wrapper
+
+
+def job_to_proto(job: JobRecord) -> pipeline_pb2.Job:
+    p = job.progress
+    return pipeline_pb2.Job(
+        id=job.id, kind=job.kind, recipe_name=job.recipe_name, status=job.status,
+        progress=pipeline_pb2.JobProgress(
+            step=p.get("step", ""), step_index=p.get("step_index", 0),
+            step_count=p.get("step_count", 0), task=p.get("task", ""),
+            percent=p.get("percent", 0.0), loss=p.get("loss"), eta_s=p.get("eta_s")),
+        error=job.error, created_at_ms=job.created_at_ms, started_at_ms=job.started_at_ms,
+        finished_at_ms=job.finished_at_ms, models=list(job.models), attempts=job.attempts,
+        target=job.target, result_json=json.dumps(job.result) if job.result else "",
+    )
+
+
+def model_to_proto(m: ModelRecord, evaluations: Sequence[EvaluationRecord] = ()) -> pipeline_pb2.Model:
+    return pipeline_pb2.Model(
+        name=m.name, version=m.version, kind=m.kind, params=m.params, size_bytes=m.size_bytes,
+        metrics_json=json.dumps(m.metrics), lineage_json=json.dumps(m.lineage),
+        created_at_ms=m.created_at_ms, job_id=m.job_id, sha256=m.sha256,
+        evaluations=[pipeline_pb2.Evaluation(eval_name=e.eval_name, metrics_json=json.dumps(e.metrics),
+                                             created_at_ms=e.created_at_ms, job_id=e.job_id)
+                     for e in evaluations],
+    )
+
+
+async def _first(requests: AsyncIterator[Any], what: str) -> Any:
+    async for request in requests:
+        if request.WhichOneof("part") != "spec":
+            raise validation.Invalid(f"spec: the first message must be the {what} spec, before "
+                                     "any file")
+        return request.spec
+    raise validation.Invalid(f"spec: no {what} spec was sent")
+
+
+async def _receive(requests: AsyncIterator[Any], upload: Upload) -> dict[str, str]:
+    async for request in requests:
+        if request.WhichOneof("part") != "file":
+            raise validation.Invalid("spec: sent more than once; send it first, once")
+        await asyncio.to_thread(upload.add, request.file.path, request.file.data)
+    return await asyncio.to_thread(upload.finish)
+
+
+class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
+    def __init__(self, manager: JobManager, registry: ModelRegistry) -> None:
+        self._manager, self._registry = manager, registry
+
+    def _resolve(self, refs: Sequence[str]) -> dict[str, Path]:
+        """Registry references as written -> their directories (NotFound names the missing)."""
+        return {ref: self._registry.path(self._registry.get(specs.registry_name(ref)))
+                for ref in refs}
+
+    # jobs
+    @_maps_errors
+    async def SubmitJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        spec = await _first(request_iterator, "job")
+        size = len(spec.recipe_yaml.encode("utf-8"))
+        if size > MAX_RECIPE_BYTES:
+            raise validation.Invalid(f"recipe_yaml: {size} bytes; a recipe is at most 1 MiB")
+        recipe = await asyncio.to_thread(specs.check_recipe, spec.recipe_yaml)
+        models = await asyncio.to_thread(self._resolve, recipe.registry_refs)
+        upload = Upload(self._manager.jobs_root)
+        try:
+            names = await _receive(request_iterator, upload)
+            missing = [f for f in recipe.file_refs if f not in names]
+            if missing:
+                raise validation.Invalid(f"files: the recipe uses {', '.join(map(repr, missing))} "
+                                         "but it was not uploaded")
+            extra = [f for f in names if f not in recipe.file_refs]
+            if extra:
+                raise validation.Invalid(f"files[{extra[0]}]: the recipe does not use this file")
+            job = await self._manager.submit(Submission("recipe", recipe, upload, names, models))
+        except BaseException:
+            upload.discard()
+            raise
+        return pipeline_pb2.SubmitJobResponse(job=job_to_proto(job))
+
+    @_maps_errors
+    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        for status in request.status:
+            if status not in STATUSES:
+                raise validation.Invalid(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+        limit = validation.int_range("limit", request.limit or 100, 1, MAX_LIST)
+        jobs = await asyncio.to_thread(self._manager.store.list, list(request.status), limit)
+        return pipeline_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+
+    @_maps_errors
+    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        job = await asyncio.to_thread(self._manager.store.get, check_job_id("id", request.id))
+        return pipeline_pb2.GetJobResponse(job=job_to_proto(job))
+
+    @_maps_errors
+    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        job = await self._manager.cancel(check_job_id("id", request.id))
+        return pipeline_pb2.CancelJobResponse(job=job_to_proto(job))
+
+    @_maps_stream_errors
+    async def WatchJob(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        job_id = check_job_id("id", request.id)
+        if request.from_seq < 0:
+            raise validation.Invalid(f"from_seq: {request.from_seq} is negative")
+        async for events, job in self._manager.watch(job_id, request.from_seq, request.follow):
+            yield pipeline_pb2.WatchJobResponse(
+                events=[pipeline_pb2.JobEvent(seq=e.seq, type=e.type, json=e.line) for e in events],
+                job=job_to_proto(job) if job is not None else None)
+
+    # models
+    @_maps_errors
+    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        records = await asyncio.to_thread(self._registry.list, request.name or None)
+        return pipeline_pb2.ListModelsResponse(models=[model_to_proto(m) for m in records])
+
+    @_maps_errors
+    async def GetModel(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        record = await asyncio.to_thread(self._registry.get, request.ref)
+        evaluations = await asyncio.to_thread(self._registry.evaluations, record.ref)
+        return pipeline_pb2.GetModelResponse(model=model_to_proto(record, evaluations))
+
+    @_maps_errors
+    async def EvaluateModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        spec = await _first(request_iterator, "evaluation")
+        if not spec.ref:
+            raise validation.Invalid("ref: which model to evaluate, e.g. support-student:2")
+        validation.text("eval_name", spec.eval_name, 255)
+        target = (await asyncio.to_thread(self._registry.get, spec.ref)).ref
+        upload = Upload(self._manager.jobs_root)
+        try:
+            names = await _receive(request_iterator, upload)
+            if len(names) != 1:
+                raise validation.Invalid(f"files: send exactly one data file, not {len(names)}")
+            (data_name, digest), = names.items()
+            await asyncio.to_thread(_check_eval_data, data_name, upload.dir / digest)
+            recipe = await asyncio.to_thread(specs.eval_recipe, target, EVAL_DATA_KEY)
+            models = await asyncio.to_thread(self._resolve, recipe.registry_refs)
+            job = await self._manager.submit(Submission(
+                "eval", recipe, upload, {EVAL_DATA_KEY: digest}, models, target=target,
+                eval_name=spec.eval_name or Path(data_name).name or data_name))
+        except BaseException:
+            upload.discard()
+            raise
+        return pipeline_pb2.EvaluateModelResponse(job=job_to_proto(job))
+
+
+def _check_eval_data(name: str, path: Path) -> None:
+    try:
+        rows = read_jsonl(path, required=EVAL_FIELDS)
+    except DataError as e:
+        raise validation.Invalid(f"files[{name}]" + str(e).removeprefix(str(path))) from None
+    if not rows:
+        raise validation.Invalid(f"files[{name}]: no examples; each line is a JSON object with "
+                                 f"{', '.join(EVAL_FIELDS)}")
