@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from agent.files import write_atomic  # temp name, fsync, rename; re-exported for the pipeline
 
 
 class DataError(ValueError):
@@ -42,26 +43,10 @@ def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]
     return rows
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, fsync, and rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
     """Write rows atomically; returns how many."""
     lines = [json.dumps(dict(r), ensure_ascii=False) for r in rows]
-    write_atomic(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    write_atomic(Path(path), ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     return len(lines)
 
 
