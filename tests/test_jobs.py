@@ -162,7 +162,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resumed]:
         procs.start_controller(data_dir=first.data_dir)
         client = PipelineClient(Path(procs.controller.info["config"]))  # type: ignore[union-attr]
         done = procs.wait_until(
-            lambda: (j := client.rpc(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(id=job.id))
+            lambda: (j := client.call(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(id=job.id))
                      .job).status in ("succeeded", "failed", "cancelled") and j,
             400, f"job {job.id} to finish after the restart", interval=1.0)
         yield Resumed(procs, client, done, events_of(client, job.id), first.data_dir)
@@ -193,7 +193,7 @@ def test_job_resumes_from_its_checkpoint_after_the_controller_is_killed(resumed:
 def test_a_succeeded_job_registers_its_models_with_lineage(resumed: Resumed) -> None:
     refs = ["support-tiny-student-cs:1", "support-tiny-student:1", "support-tiny-teacher:1"]
     assert sorted(resumed.job.models) == refs
-    models = {m.name: m for m in resumed.client.rpc(resumed.client.pipeline.ListModels,
+    models = {m.name: m for m in resumed.client.call(resumed.client.pipeline.ListModels,
                                                     pipeline_pb2.ListModelsRequest()).models}
     assert sorted(f"{m.name}:{m.version}" for m in models.values()) == refs
     teacher, student, adapter = (models[f"support-tiny-{n}"] for n in ("teacher", "student",

@@ -39,16 +39,25 @@ class AdminClient:
         )
         self.stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
-    def call(self, method: Callable[..., T], request: Any) -> T:
+    @property
+    def channel(self) -> grpc.Channel:
+        """The mTLS channel, for the stubs of the controller's other services."""
+        return self._channel
+
+    def call(self, method: Callable[..., T], request: Any, timeout: float = DEADLINE_S) -> T:
         try:
-            return method(request, timeout=DEADLINE_S)
+            return method(request, timeout=timeout)
         except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]
-            details = e.details()  # type: ignore[attr-defined]
-            if code == grpc.StatusCode.UNAVAILABLE:
-                details = (f"controller at {self.config.controller} is unreachable ({details}); "
-                           "is `slmops controller start` running?")
-            raise CliError(details, code.name.lower()) from None
+            raise self.error(e) from None
+
+    def error(self, e: grpc.RpcError) -> CliError:
+        """A failed call as the CLI's error; UNAVAILABLE says what to check."""
+        code = e.code()  # type: ignore[attr-defined]
+        details = e.details()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            details = (f"controller at {self.config.controller} is unreachable ({details}); "
+                       "is `slmops controller start` running?")
+        return CliError(details, code.name.lower())
 
     def close(self) -> None:
         self._channel.close()

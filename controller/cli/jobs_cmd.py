@@ -50,7 +50,7 @@ def _rows(items: list[dict[str, Any]]) -> list[list[str]]:
 def list_(obj: dict, statuses: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List jobs, newest first, with their progress."""
     client = PipelineClient(obj["config"])
-    response = client.rpc(client.pipeline.ListJobs, pipeline_pb2.ListJobsRequest(
+    response = client.call(client.pipeline.ListJobs, pipeline_pb2.ListJobsRequest(
         status=list(statuses), limit=limit))
     data = {"jobs": [views.job(j) for j in response.jobs]}
     emit(data, as_json, lambda d: table(f"jobs ({len(d['jobs'])})", ["id", "kind", "recipe",
@@ -83,7 +83,7 @@ def show_job(j: dict[str, Any]) -> None:
 def show(obj: dict, job_id: str, as_json: bool) -> None:
     """One job: status, progress, attempts, error, registered models."""
     client = PipelineClient(obj["config"])
-    job = client.rpc(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(id=job_id)).job
+    job = client.call(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(id=job_id)).job
     emit(views.job(job), as_json, show_job)
 
 
@@ -133,7 +133,7 @@ def logs(obj: dict, job_id: str, follow_job: bool, from_seq: int, as_json: bool)
 def cancel(obj: dict, job_id: str, as_json: bool) -> None:
     """Stop a job: its worker is stopped and nothing it made is registered."""
     client = PipelineClient(obj["config"])
-    job = views.job(client.rpc(client.pipeline.CancelJob, pipeline_pb2.CancelJobRequest(id=job_id),
+    job = views.job(client.call(client.pipeline.CancelJob, pipeline_pb2.CancelJobRequest(id=job_id),
                                timeout=60.0).job)
 
     def human(j: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ def pct(x: float | None) -> str:
 def list_(obj: dict, name: str, as_json: bool) -> None:
     """Every model version: kind, parameters, size, accuracy, when it was made."""
     client = PipelineClient(obj["config"])
-    response = client.rpc(client.pipeline.ListModels, pipeline_pb2.ListModelsRequest(name=name))
+    response = client.call(client.pipeline.ListModels, pipeline_pb2.ListModelsRequest(name=name))
     data = {"models": [views.model(m) for m in response.models]}
     emit(data, as_json, lambda d: table(f"models ({len(d['models'])})",
          ["model", "kind", "params", "size", "exact match", "created", "job"],
@@ -76,7 +76,7 @@ def _show(m: dict[str, Any]) -> None:
 def show(obj: dict, ref: str, as_json: bool) -> None:
     """One version (NAME, NAME:VERSION or NAME:latest): lineage, metrics, evaluations."""
     client = PipelineClient(obj["config"])
-    m = client.rpc(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=ref)).model
+    m = client.call(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=ref)).model
     emit(views.model(m), as_json, _show)
 
 
@@ -145,7 +145,7 @@ def compare(obj: dict, refs: tuple[str, ...], evaluation: str, as_json: bool) ->
     if len(refs) < 2:
         raise CliError("name at least two models: the baseline (teacher) first", "invalid_argument", 2)
     client = PipelineClient(obj["config"])
-    found = [views.model(client.rpc(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=r)).model)
+    found = [views.model(client.call(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=r)).model)
              for r in refs]
     base = comparison_row(found[0], _metrics_of(found[0], evaluation), None)
     rows = [base] + [comparison_row(m, _metrics_of(m, evaluation), base) for m in found[1:]]

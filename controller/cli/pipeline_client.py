@@ -4,9 +4,8 @@ its end across a controller restart."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc
 
@@ -14,7 +13,6 @@ from controller.cli.client import DEADLINE_S, AdminClient
 from controller.cli.output import CliError
 from protos import pipeline_pb2, pipeline_pb2_grpc
 
-T = TypeVar("T")
 CHUNK_BYTES = 1 << 20  # well under any message limit (a 4 MiB message fails gRPC's default)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 UPLOAD_S_PER_MIB = 1.0
@@ -49,20 +47,7 @@ class PipelineClient(AdminClient):
 
     def __init__(self, config_path: Path | None) -> None:
         super().__init__(config_path)
-        self.pipeline = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
-
-    def rpc(self, method: Callable[..., T], request: Any, timeout: float = DEADLINE_S) -> T:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as e:
-            raise self._error(e) from None
-
-    def _error(self, e: grpc.RpcError) -> CliError:
-        code, details = e.code(), e.details()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE:
-            details = (f"controller at {self.config.controller} is unreachable ({details}); "
-                       "is `slmops controller start` running?")
-        return CliError(details, code.name.lower())
+        self.pipeline = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
 
     def submit(self, recipe_yaml: str, files: Mapping[str, Path]) -> pipeline_pb2.Job:
         size = _upload_size(files)
@@ -72,7 +57,7 @@ class PipelineClient(AdminClient):
             for chunk in _chunks(files):
                 yield pipeline_pb2.SubmitJobRequest(file=chunk)
 
-        return self.rpc(self.pipeline.SubmitJob, requests(),
+        return self.call(self.pipeline.SubmitJob, requests(),
                         DEADLINE_S + UPLOAD_S_PER_MIB * size / 2**20).job
 
     def evaluate(self, ref: str, eval_name: str, data_name: str, data: Path) -> pipeline_pb2.Job:
@@ -84,7 +69,7 @@ class PipelineClient(AdminClient):
             for chunk in _chunks({data_name: data}):
                 yield pipeline_pb2.EvaluateModelRequest(file=chunk)
 
-        return self.rpc(self.pipeline.EvaluateModel, requests(),
+        return self.call(self.pipeline.EvaluateModel, requests(),
                         DEADLINE_S + UPLOAD_S_PER_MIB * size / 2**20).job
 
     def watch(self, job_id: str, from_seq: int = 0, follow: bool = True
@@ -111,9 +96,9 @@ class PipelineClient(AdminClient):
                 retryable = e.code() in (grpc.StatusCode.UNAVAILABLE,  # type: ignore[attr-defined]
                                          grpc.StatusCode.DEADLINE_EXCEEDED)
                 if not (follow and retryable):
-                    raise self._error(e) from None
+                    raise self.error(e) from None
                 retry_until = retry_until or time.monotonic() + RECONNECT_FOR_S
                 if time.monotonic() > retry_until:
-                    raise self._error(e) from None
+                    raise self.error(e) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

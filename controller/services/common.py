@@ -6,7 +6,7 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -32,24 +32,65 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def maps_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn domain errors into the right status code, never UNKNOWN."""
+StatusFor = Callable[[Exception], "grpc.StatusCode | None"]
 
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await fn(self, request, context)
-        except (validation.Invalid, CsrError) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except NotFound as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        except Conflict as e:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        except TokenRejected as e:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-        raise AssertionError("unreachable")  # abort raises
 
-    return wrapper
+def status_for(e: Exception) -> grpc.StatusCode | None:
+    """The status code of a domain error; None for anything else (a bug, left to propagate)."""
+    if isinstance(e, validation.Invalid | CsrError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(e, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(e, Conflict):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(e, TokenRejected):
+        return grpc.StatusCode.UNAUTHENTICATED
+    return None
+
+
+def maps_errors_with(status: StatusFor) -> Callable[[Callable[..., Awaitable[T]]],
+                                                     Callable[..., Awaitable[T]]]:
+    """A decorator for unary handlers: errors ``status`` knows leave with their code, never
+    UNKNOWN."""
+
+    def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+            try:
+                return await fn(self, request, context)
+            except Exception as e:
+                if (code := status(e)) is None:
+                    raise
+                await context.abort(code, str(e))
+            raise AssertionError("unreachable")  # abort raises
+
+        return wrapper
+
+    return decorate
+
+
+def maps_stream_errors_with(status: StatusFor) -> Callable[[Callable[..., AsyncIterator[T]]],
+                                                            Callable[..., AsyncIterator[T]]]:
+    """The same for server-streaming handlers."""
+
+    def decorate(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except Exception as e:
+                if (code := status(e)) is None:
+                    raise
+                await context.abort(code, str(e))
+
+        return wrapper
+
+    return decorate
+
+
+maps_errors = maps_errors_with(status_for)
 
 
 def peer_cert(context: grpc.aio.ServicerContext) -> PeerCert | None:

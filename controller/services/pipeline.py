@@ -7,11 +7,10 @@ ModelRegistry calls and back.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -20,57 +19,30 @@ from controller.jobs import STATUSES, JobManager, JobRecord, ShuttingDown, Submi
 from controller.jobs.store import check_job_id
 from controller.pipeline.jsonl import DataError, read_jsonl
 from controller.registry import EvaluationRecord, ModelRecord, ModelRegistry
-from controller.services.common import require_admin
-from controller.store import Conflict, NotFound, StoreError
+from controller.services.common import (
+    maps_errors_with,
+    maps_stream_errors_with,
+    require_admin,
+    status_for,
+)
+from controller.store import StoreError
 from protos import pipeline_pb2, pipeline_pb2_grpc
 
-T = TypeVar("T")
 MAX_RECIPE_BYTES = 1024 * 1024
 MAX_LIST = 1000
 EVAL_DATA_KEY = "eval-data.jsonl"  # the uploaded file's name inside an eval job's recipe
 EVAL_FIELDS = ("id", "intent", "prompt", "answer")
 
 
-def _code(e: Exception) -> grpc.StatusCode | None:
-    if isinstance(e, validation.Invalid):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(e, NotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(e, Conflict):
-        return grpc.StatusCode.ALREADY_EXISTS
-    if isinstance(e, ShuttingDown | StoreError):  # the database is unreachable, or we stop
-        return grpc.StatusCode.UNAVAILABLE
-    return None
+def _status(e: Exception) -> grpc.StatusCode | None:
+    """The shared mapping, and UNAVAILABLE when the database is unreachable or we stop."""
+    if (code := status_for(e)) is not None:
+        return code
+    return grpc.StatusCode.UNAVAILABLE if isinstance(e, ShuttingDown | StoreError) else None
 
 
-def _maps_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Domain errors -> the right status code, never UNKNOWN."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await fn(self, request, context)
-        except Exception as e:
-            if (code := _code(e)) is None:
-                raise
-            await context.abort(code, str(e))
-        raise AssertionError("unreachable")  # abort raises
-
-    return wrapper
-
-
-def _maps_stream_errors(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as e:
-            if (code := _code(e)) is None:
-                raise
-            await context.abort(code, str(e))
-
-    return wrapper
+_maps_errors = maps_errors_with(_status)
+_maps_stream_errors = maps_stream_errors_with(_status)
 
 
 def job_to_proto(job: JobRecord) -> pipeline_pb2.Job:
