@@ -9,10 +9,7 @@ controller and ``slmops run --local``) can share one file; or PostgreSQL by URL.
 from __future__ import annotations
 
 import os
-import random
-import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from controller.store import StoreError
+from controller.store.sqlite_wal import set_wal
 
 _WRITE = "slmops_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
 
@@ -103,19 +101,6 @@ def _create_private(db: Path) -> None:
                          "directory's permissions or choose another path") from e
 
 
-def _set_wal(cursor: Any, attempts: int = 100) -> None:
-    """PRAGMA journal_mode=WAL, retried: on a new file, two processes switching it at once get
-    SQLITE_BUSY straight away (the busy handler is not consulted for that lock)."""
-    for attempt in range(attempts):
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05 + random.random() * 0.05)
-
-
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -124,7 +109,7 @@ def _sqlite_setup(engine: Engine) -> None:
         # busy_timeout first: switching a new file to WAL needs its lock, which another
         # process opening the same file at the same moment may hold
         cursor.execute("PRAGMA busy_timeout=10000")
-        _set_wal(cursor)
+        set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")  # a commit survives a killed process
         cursor.close()
 

@@ -53,6 +53,7 @@ from controller.store.base import (
     Touch,
 )
 from controller.store.schema import devices, metadata, points, series, tokens
+from controller.store.sqlite_wal import set_wal
 
 _WRITE = "slmops_write"  # execution option: this transaction will write (BEGIN IMMEDIATE)
 _CHUNK = 500  # ids per IN (...) list; far below every backend's bound-parameter limit
@@ -167,12 +168,12 @@ class SqlFleetStore(FleetStore):
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")  # first: set_wal may wait for a lock
+            set_wal(cursor)
             # In WAL mode, NORMAL syncs at checkpoints, not at each commit: a committed
             # transaction survives a crash or SIGKILL of this process (it is in the WAL file,
             # in the OS's cache); only an OS crash or power loss can lose the last commits.
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
