@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from google.protobuf import json_format
@@ -18,6 +19,9 @@ from agent.enroll import EnrollmentError
 from agent.enrollment_proof import TokenFormatError
 from agent.identity import Identity, IdentityError
 from agent.link import DeviceRefused, LinkSettings
+
+if TYPE_CHECKING:
+    from agent.engine import ModelSlot
 
 EXIT_USAGE, EXIT_ENROLL, EXIT_REFUSED = 2, 3, 4
 
@@ -139,3 +143,69 @@ def status(data_dir: Path, as_json: bool) -> None:
     else:
         for key, value in info.items():
             click.echo(f"{key:>20}: {value}")
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8080)", param_hint="--listen")
+    return host, int(port)
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="a variant directory (genai_config.json, model.onnx, tokenizer.json)")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to bind")
+@click.option("--api-key", default="", envvar="SLMOPS_API_KEY",
+              help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
+@click.option("--name", default="", help="the model id clients send (default: the directory's name)")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="generations that run at once")
+@click.option("--max-queued", type=click.IntRange(0), default=64, show_default=True,
+              help="requests that may wait for a worker; more get 503")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="onnxruntime threads per generation (default: onnxruntime's)")
+@click.option("--json", "as_json", is_flag=True, help="print the address and model as JSON")
+def serve(model_dir: Path, listen: str, api_key: str, name: str, workers: int, max_queued: int,
+          threads: int | None, as_json: bool) -> None:
+    """Serve a model variant over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
+    from agent.engine import ModelSlot, VariantError
+
+    host, port = _parse_listen(listen)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    slot = ModelSlot(threads=threads)
+    try:
+        slot.load(model_dir, name=name or None)
+    except VariantError as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+        return
+    try:
+        asyncio.run(_serve_until_signal(slot, host, port, api_key or None, workers, max_queued, as_json))
+    except OSError as e:
+        _fail(f"can't listen on {listen}: {e.strerror or e}", EXIT_USAGE, as_json)
+    finally:
+        slot.unload()  # frees the model before exit (onnxruntime-genai reports leaks otherwise)
+
+
+async def _serve_until_signal(slot: ModelSlot, host: str, port: int, api_key: str | None, workers: int,
+                              max_queued: int, as_json: bool) -> None:
+    from agent.serve import start_server
+
+    running = await start_server(slot, host, port, api_key, workers=workers, max_queued=max_queued)
+    loaded = slot.get()
+    info = {"url": running.url, "model": loaded.name, "variant": str(loaded.engine.info.path),
+            "precision": loaded.engine.info.precision, "context_length": loaded.engine.info.context_length,
+            "api_key": api_key is not None}
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"serving {loaded.name} ({info['precision']}) on {running.url}/v1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()

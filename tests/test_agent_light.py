@@ -33,9 +33,12 @@ assert not attempts and not loaded
     "import agent",
     "import agent.cli, agent.daemon, agent.link, agent.enroll, agent.hardware",
     "import agent.telemetry.spool, agent.telemetry.sampler",
+    "import agent.engine, agent.engine.pool, agent.serve, agent.serve.openai_http, agent.serve.metrics",
+    "from agent.cli import main\nsys.argv = ['slmops-agent', 'serve', '--help']\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass",
     "from agent.cli import main\nsys.argv = ['slmops-agent', '--help']\n"
     "try:\n    main()\nexcept SystemExit:\n    pass",
-], ids=["package", "modules", "telemetry", "entry-point"])
+], ids=["package", "modules", "telemetry", "engine-and-serve", "serve-help", "entry-point"])
 def test_agent_imports_no_heavy_library(body: str) -> None:
     code = PROBE.format(heavy=HEAVY, body=body)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
