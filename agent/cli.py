@@ -154,8 +154,9 @@ def _parse_listen(value: str) -> tuple[str, int]:
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
-              help="a variant directory (genai_config.json, model.onnx, tokenizer.json)")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="a variant directory (genai_config.json, model.onnx, tokenizer.json); without it the "
+                   "server starts empty and answers 503 model_not_loaded")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to bind")
 @click.option("--api-key", default="", envvar="SLMOPS_API_KEY",
               help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
@@ -167,7 +168,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="onnxruntime threads per generation (default: onnxruntime's)")
 @click.option("--json", "as_json", is_flag=True, help="print the address and model as JSON")
-def serve(model_dir: Path, listen: str, api_key: str, name: str, workers: int, max_queued: int,
+def serve(model_dir: Path | None, listen: str, api_key: str, name: str, workers: int, max_queued: int,
           threads: int | None, as_json: bool) -> None:
     """Serve a model variant over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
     from agent.engine import ModelSlot, VariantError
@@ -176,7 +177,8 @@ def serve(model_dir: Path, listen: str, api_key: str, name: str, workers: int, m
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     slot = ModelSlot(threads=threads)
     try:
-        slot.load(model_dir, name=name or None)
+        if model_dir is not None:
+            slot.load(model_dir, name=name or None)
     except VariantError as e:
         _fail(str(e), EXIT_USAGE, as_json)
         return
@@ -193,14 +195,18 @@ async def _serve_until_signal(slot: ModelSlot, host: str, port: int, api_key: st
     from agent.serve import start_server
 
     running = await start_server(slot, host, port, api_key, workers=workers, max_queued=max_queued)
-    loaded = slot.get()
-    info = {"url": running.url, "model": loaded.name, "variant": str(loaded.engine.info.path),
-            "precision": loaded.engine.info.precision, "context_length": loaded.engine.info.context_length,
+    loaded = slot.current
+    info = {"url": running.url, "model": loaded.name if loaded else None,
+            "variant": str(loaded.engine.info.path) if loaded else None,
+            "precision": loaded.engine.info.precision if loaded else None,
+            "context_length": loaded.engine.info.context_length if loaded else None,
             "api_key": api_key is not None}
     if as_json:
         click.echo(json.dumps(info))
-    else:
+    elif loaded:
         click.echo(f"serving {loaded.name} ({info['precision']}) on {running.url}/v1")
+    else:
+        click.echo(f"listening on {running.url}/v1 with no model loaded")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

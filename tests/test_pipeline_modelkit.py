@@ -51,7 +51,10 @@ def test_tokenizer_round_trips_text_and_carries_the_chat_template(tokenizer_2048
 
     tok = AutoTokenizer.from_pretrained(tokenizer_2048)
     assert isinstance(tok, PreTrainedTokenizerFast)
-    assert len(tok) == 2048
+    # At most the size asked for: the task's text has fewer than 2048 merges to learn, as no merge
+    # ever joins a digit to anything (one token per digit).
+    assert 300 < len(tok) <= 2048
+    assert tok.tokenize("Where is my order #12345?")[-6:] == ["1", "2", "3", "4", "5", "?"]
     assert (tok.eos_token, tok.pad_token, tok.bos_token) == (chat.END, chat.PAD, chat.BOS)
     for prompt in ("Where is my order #12345?", "Ünïcödé ✓ and  two  spaces\nnew line", "x"):
         rendered = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -99,7 +102,7 @@ def test_a_built_model_loads_with_its_tokenizer_and_metadata(tiny_model: Path) -
     assert meta["params"] == count_params(model)
     assert not model.training
     assert not model.config.tie_word_embeddings
-    assert model.config.vocab_size == len(tok) == 2048
+    assert model.config.vocab_size == len(tok)
     assert model.generation_config.eos_token_id == tok.eos_token_id
     if not torch.cuda.is_available():
         assert {"type": "log", "message": "no GPU: running on the CPU"} in events.items
@@ -127,10 +130,10 @@ def test_a_size_mapping_overrides_a_named_size(tokenizer_2048: Path, tmp_path: P
     ("huge", "unknown model size 'huge'; known sizes: teacher, student, tiny"),
     ({"base": "tiny", "layers": 3}, "unknown field(s) layers"),
     ({"hidden_size": 64}, "missing field(s) intermediate_size, num_heads, num_kv_heads, num_layers"),
-    ({"base": "tiny", "num_heads": 5}, "hidden_size 64 is not divisible by num_heads 5"),
-    ({"base": "tiny", "num_kv_heads": 3}, "num_heads 4 is not divisible by num_kv_heads 3"),
+    ({"base": "tiny", "num_heads": 5}, "hidden_size 48 is not divisible by num_heads 5"),
+    ({"base": "tiny", "num_kv_heads": 3}, "num_heads 2 is not divisible by num_kv_heads 3"),
     ({"base": "tiny", "num_layers": 0}, "num_layers must be a positive integer, got 0"),
-    ({"base": "tiny", "hidden_size": 48, "num_heads": 4}, "must be a multiple of 8"),
+    ({"base": "tiny", "hidden_size": 48, "num_heads": 4, "num_kv_heads": 2}, "must be a multiple of 8"),
 ])
 def test_bad_sizes_are_rejected_naming_the_field(size: object, message: str) -> None:
     with pytest.raises(ModelError) as e:

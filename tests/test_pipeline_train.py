@@ -255,7 +255,9 @@ def other_tokenizers(kit: dict[str, Path]) -> dict[str, Path]:
     from transformers import AutoTokenizer
 
     root = kit["root"]
-    texts = [chat.full_text(r["prompt"], r["answer"]) for r in generate("val", 300, intents=NEW_INTENTS)]
+    # Enough distinct text to fill 512 tokens (digits never merge, so one intent alone does not).
+    texts = [chat.full_text(r["prompt"], r["answer"])
+             for r in generate("val", 300, intents=("password_reset", *NEW_INTENTS))]
     eos = AutoTokenizer.from_pretrained(kit["tok"], eos_token=chat.PAD)
     eos.save_pretrained(root / "tok-eos")
     return {"other texts": train_tokenizer(texts, root / "tok-texts", vocab_size=512),

@@ -52,8 +52,8 @@ SIZES: dict[str, LlamaSize] = {
     # ~0.9 M parameters at vocab 2048: about 13 % of the teacher.
     "student": LlamaSize(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=344),
-    # ~0.35 M parameters at vocab 2048 (fewer with the small vocabularies tests train).
-    "tiny": LlamaSize(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    # ~0.25 M parameters at vocab 2048 (fewer with the small vocabularies tests train).
+    "tiny": LlamaSize(hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=1,
                       intermediate_size=128),
 }
 

@@ -32,7 +32,14 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 2048)
         raise ModelError("train_tokenizer needs at least one non-empty text")
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit: order numbers, prices and totals are then copied and computed digit
+    # by digit, as every rare 5-digit chunk would otherwise be a token of its own, learned by
+    # heart from a few examples. No merge ever joins a digit to anything, so a runtime that
+    # only applies the byte-level split and the merges (onnxruntime-genai's) encodes the same.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -1,0 +1,353 @@
+"""Serving benchmark: one ~80 M-parameter Llama, four ways to run it, three precisions.
+
+Builds a Llama from a config (12 layers, hidden 768, about 78 M parameters with a 2048-token
+vocabulary; random weights: speed does not depend on them) and its device variants with
+onnxruntime-genai's model builder (fp32, int8, int4), plus optimum's ONNX export. Then, each in
+a process of its own, greedy decoding of the same prompts:
+
+- PyTorch fp32 eager ``generate``;
+- optimum's ``ORTModelForCausalLM.generate`` (fp32 export);
+- the raw onnxruntime-genai loop, per variant;
+- the agent's OpenAI endpoint (``slmops-agent serve``), per variant, through the ``openai``
+  client with streaming;
+
+with decode tokens/s, time to first token, peak RSS and size on disk. It also measures this
+machine's memory read bandwidth and divides it by each variant's weight bytes (the
+bandwidth bound on tokens/s), the agent's install size (a fresh venv with ``pip install .``),
+and the agent's idle RSS before a model is loaded.
+
+    .venv/bin/python -m bench.serve [--tokens 128] [--prompts 5] [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SIZE_80M = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "num_kv_heads": 4,
+            "intermediate_size": 2048, "max_position_embeddings": 1024}
+PRECISIONS = ("fp32", "int8", "int4")
+PROMPTS = ("Where is my order #48213? Thanks.", "How much for 4 mugs at $12 each?",
+           "Are you open on Sunday?", "Please reset the password for lena@example.com.",
+           "I want a refund for order #55120, it arrived broken.", "Cancel subscription AC-104233 please.",
+           "Has order #90017 shipped yet?", "When do you open on Friday?")
+TARGETS = ("endpoint >= 90 % of the raw loop's tokens/s", "int4 >= 10x PyTorch eager",
+           "int4 >= 60 % of the bandwidth bound", "int4 >= 75 % smaller than fp32",
+           "agent install <= 300 MB", "agent idle RSS <= 100 MB")
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- building ---------------------------------------------------------------------------------
+
+def build_all(work: Path) -> dict[str, Path]:
+    from controller.pipeline.chat import prompt_text
+    from controller.pipeline.modelkit.llama import build_model
+    from controller.pipeline.modelkit.tokenizer import train_tokenizer
+    from controller.pipeline.task.support import ALL_INTENTS, generate
+
+    paths = {"model": work / "model", "optimum-fp32": work / "optimum-fp32"}
+    paths.update({f"variant-{p}": work / f"variant-{p}" for p in PRECISIONS})
+    if not (paths["model"] / "config.json").is_file():
+        log("training the tokenizer and building the ~80 M Llama")
+        rows = generate("train", 3000, seed=0, intents=ALL_INTENTS)
+        train_tokenizer([prompt_text(r["prompt"]) + r["answer"] for r in rows], work / "tokenizer", 2048)
+        build_model(SIZE_80M, work / "tokenizer", paths["model"], seed=0)
+    for precision in PRECISIONS:
+        out = paths[f"variant-{precision}"]
+        if not (out / "genai_config.json").is_file():
+            log(f"building the {precision} variant (onnxruntime-genai model builder)")
+            subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                            str(paths["model"]), "-o", str(out), "-p", precision, "-e", "cpu"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not (paths["optimum-fp32"] / "model.onnx").is_file():
+        log("exporting with optimum (ORTModelForCausalLM, fp32)")
+        subprocess.run([sys.executable, "-c", (
+            "import sys; from optimum.onnxruntime import ORTModelForCausalLM; "
+            "from transformers import AutoTokenizer; "
+            "m = ORTModelForCausalLM.from_pretrained(sys.argv[1], export=True, use_cache=True); "
+            "m.save_pretrained(sys.argv[2]); "
+            "AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])"),
+            str(paths["model"]), str(paths["optimum-fp32"])], check=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return paths
+
+
+def weight_bytes(variant: Path) -> int:
+    return sum(f.stat().st_size for f in variant.iterdir() if f.name.startswith("model.onnx"))
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+def run_child(kind: str, path: Path, prompts_file: Path, tokens: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "bench.serve_runners", kind, str(path),
+                          "--prompts-file", str(prompts_file), "--tokens", str(tokens)],
+                         cwd=REPO, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{kind} runner failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _vm_hwm(pid: int, key: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60,
+                  empty: bool = False) -> None:
+    """Until /healthz answers 200 (or, with ``empty``, 503 "no_model": up, nothing loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"slmops-agent serve exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except urllib.error.HTTPError as e:
+            if empty and e.code == 503:
+                return
+            time.sleep(0.1)
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("slmops-agent serve did not become healthy")
+
+
+def run_endpoint(variant: Path, prompts: list[str], tokens: int) -> dict[str, Any]:
+    """The agent's OpenAI endpoint in its own process, driven by the official client."""
+    from openai import OpenAI
+
+    port = _free_port()
+    start = time.perf_counter()
+    process = subprocess.Popen([str(VENV_BIN / "slmops-agent"), "serve", "--model", str(variant),
+                                "--listen", f"127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(port, process)
+        load_s = time.perf_counter() - start
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        model = client.models.list().data[0].id
+        runs = []
+        for prompt in [prompts[0], *prompts]:  # the first run warms up and is not counted
+            t0 = time.perf_counter()
+            first = None
+            usage = None
+            stream = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=tokens,
+                temperature=0, stream=True, stream_options={"include_usage": True},
+                extra_body={"min_tokens": tokens})
+            for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.perf_counter()
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            end = time.perf_counter()
+            produced = usage.completion_tokens if usage else 0
+            first = first or end
+            runs.append((first - t0, max(end - first, 1e-9), max(produced - 1, 0)))
+        runs = runs[1:]
+        decode_s = sum(r[1] for r in runs)
+        return {"load_s": round(load_s, 3),
+                "ttft_ms": round(statistics.median(r[0] for r in runs) * 1000, 2),
+                "decode_tok_s": round(sum(r[2] for r in runs) / decode_s, 2),
+                "tokens": sum(r[2] + 1 for r in runs),
+                "peak_rss_mb": round(_vm_hwm(process.pid) / 2**20, 1)}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def idle_rss_mb() -> float:
+    """RSS of ``slmops-agent serve`` with no model loaded, once it answers /healthz."""
+    port = _free_port()
+    process = subprocess.Popen([str(VENV_BIN / "slmops-agent"), "serve", "--listen", f"127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(port, process, empty=True)
+        time.sleep(1)
+        return round(_vm_hwm(process.pid, "VmRSS") / 2**20, 1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def memory_read_gb_s(size_mb: int = 1024, repeats: int = 5) -> float:
+    """Best of ``repeats`` reads of a ``size_mb`` array (numpy sum over int64s: one pass, one core
+    of reading per thread; numpy's sum is single-threaded, as each decode step's weight read
+    mostly is on 2 cores)."""
+    import numpy as np
+
+    data = np.ones(size_mb * 2**20 // 8, dtype=np.int64)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        data.sum()
+        best = max(best, data.nbytes / (time.perf_counter() - t0))
+    return best / 1e9
+
+
+def agent_install_mb() -> float:
+    """Size of a fresh venv's site-packages after ``pip install .`` (the agent: no extras),
+    less the bare venv's own pip."""
+    with tempfile.TemporaryDirectory(prefix="slmops-agent-venv-") as root:
+        venv = Path(root) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        site = next((venv / "lib").glob("python*/site-packages"))
+        bare = dir_bytes(site)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+                        str(REPO)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return round((dir_bytes(site) - bare) / 2**20, 1)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def report(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    raw = {r["precision"]: r for r in rows if r["runtime"] == "onnxruntime-genai loop"}
+    endpoint = {r["precision"]: r for r in rows if r["runtime"] == "agent OpenAI endpoint"}
+    eager = next(r for r in rows if r["runtime"] == "PyTorch eager")
+    lines = [
+        f"### Run of {result['date']} UTC",
+        "",
+        f"Machine: {result['machine']}. Model: Llama from config, {result['params'] / 1e6:.1f} M parameters "
+        f"(12 layers, hidden 768, vocab 2048, random weights); greedy, {result['tokens']} new tokens "
+        f"for each of {result['prompts']} prompts, end-of-sequence suppressed; each runtime in a process "
+        "of its own; 2 threads (the machine's cores).",
+        "",
+        "| runtime | precision | size MB | load s | TTFT p50 ms | decode tok/s | peak RSS MB | "
+        "x eager | % of bandwidth bound |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        bound = r.get("bound_tok_s")
+        share = f"{100 * r['decode_tok_s'] / bound:.0f} % of {bound:.0f}" if bound else ""
+        lines.append(f"| {r['runtime']} | {r['precision']} | {r['size_mb']:.1f} | {r['load_s']:.2f} | "
+                     f"{r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['decode_tok_s'] / eager['decode_tok_s']:.1f} | {share} |")
+    checks = []
+    for p in PRECISIONS:
+        if p in raw and p in endpoint:
+            share = 100 * endpoint[p]["decode_tok_s"] / raw[p]["decode_tok_s"]
+            checks.append(f"endpoint / raw loop, {p}: {share:.0f} % (target >= 90 %)")
+    if "int4" in raw:
+        i4 = raw["int4"]
+        checks.append(f"int4 raw loop / PyTorch eager: {i4['decode_tok_s'] / eager['decode_tok_s']:.1f}x "
+                      "(target >= 10x)")
+        checks.append(f"int4 / bandwidth bound: {100 * i4['decode_tok_s'] / i4['bound_tok_s']:.0f} % "
+                      "(target >= 60 %)")
+        if "fp32" in raw:
+            smaller = 100 * (1 - i4["weight_bytes"] / raw["fp32"]["weight_bytes"])
+            checks.append(f"int4 size vs fp32: {smaller:.0f} % smaller (target >= 75 %)")
+    checks.append(f"agent install: {result['agent_install_mb']} MB (target <= 300 MB)")
+    checks.append(f"agent idle RSS, no model loaded: {result['idle_rss_mb']} MB (target <= 100 MB)")
+    lines += ["", f"Memory read bandwidth: {result['read_gb_s']:.1f} GB/s "
+              "(bound = bandwidth / weight bytes).",
+              "", *[f"- {c}" for c in checks]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per prompt")
+    parser.add_argument("--prompts", type=int, default=5, help="prompts per runtime (max 8)")
+    parser.add_argument("--work", type=Path, default=None, help="keep models here (reused by a rerun)")
+    parser.add_argument("--skip-install", action="store_true", help="don't measure the agent's install size")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="slmops-serve-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    paths = build_all(work)
+    prompts = list(PROMPTS[: args.prompts])
+    from controller.pipeline.chat import prompt_text
+    prompts_file = work / "prompts.json"
+    prompts_file.write_text(json.dumps([prompt_text(p) for p in prompts]))
+
+    read_gb_s = memory_read_gb_s()
+    log(f"memory read bandwidth {read_gb_s:.1f} GB/s")
+    rows: list[dict[str, Any]] = []
+
+    def add(runtime: str, precision: str, figures: dict[str, Any], size: int, weights: int | None) -> None:
+        row = {"runtime": runtime, "precision": precision, "size_mb": size / 2**20, **figures}
+        if weights:
+            row["weight_bytes"] = weights
+            row["bound_tok_s"] = read_gb_s * 1e9 / weights
+        rows.append(row)
+        log(f"{runtime} {precision}: {figures}")
+
+    model_bytes = dir_bytes(paths["model"])
+    log("PyTorch eager")
+    add("PyTorch eager", "fp32", run_child("torch", paths["model"], prompts_file, args.tokens),
+        model_bytes, None)
+    log("optimum ORTModelForCausalLM")
+    add("optimum ORTModelForCausalLM", "fp32",
+        run_child("optimum", paths["optimum-fp32"], prompts_file, args.tokens),
+        dir_bytes(paths["optimum-fp32"]), None)
+    for precision in PRECISIONS:
+        variant = paths[f"variant-{precision}"]
+        log(f"onnxruntime-genai loop {precision}")
+        add("onnxruntime-genai loop", precision, run_child("genai", variant, prompts_file, args.tokens),
+            dir_bytes(variant), weight_bytes(variant))
+        log(f"agent endpoint {precision}")
+        add("agent OpenAI endpoint", precision, run_endpoint(variant, prompts, args.tokens),
+            dir_bytes(variant), weight_bytes(variant))
+    config = json.loads((paths["model"] / "config.json").read_text())
+    params = _param_count(config)
+    result = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "params": params, "tokens": args.tokens, "prompts": len(prompts), "read_gb_s": read_gb_s,
+        "rows": rows, "idle_rss_mb": idle_rss_mb(),
+        "agent_install_mb": None if args.skip_install else agent_install_mb(),
+    }
+    text = report(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.md").write_text(text)
+    (args.out / "serve.json").write_text(json.dumps(result, indent=2))
+    print(text)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _param_count(config: dict[str, Any]) -> int:
+    h, n, i, v = (config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"],
+                  config["vocab_size"])
+    kv = h // config["num_attention_heads"] * config["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+    return n * per_layer + 2 * v * h + h
+
+
+if __name__ == "__main__":
+    main()
