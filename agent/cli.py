@@ -14,6 +14,7 @@ import click
 from google.protobuf import json_format
 
 from agent import __version__
+from agent.bench_cmd import bench
 from agent.daemon import Agent, AgentSettings, SettingsError
 from agent.enroll import EnrollmentError
 from agent.enrollment_proof import TokenFormatError
@@ -62,10 +63,20 @@ def main() -> None:
 @click.option("--batch-max", type=int, default=500, show_default=True, help="samples per batch")
 @click.option("--spool-max-samples", type=int, default=50_000, show_default=True)
 @click.option("--max-backoff", type=float, default=30.0, show_default=True, help="seconds")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="the active model variant directory: served to local apps and benchmarked on command")
+@click.option("--serve", "serve_listen", default="127.0.0.1:8080", show_default=True,
+              help="with --model: HOST:PORT of the OpenAI-compatible HTTP server")
+@click.option("--grpc-listen", default="127.0.0.1:50051", show_default=True,
+              help="with --model: HOST:PORT of the gRPC InferenceService ('' for none)")
+@click.option("--api-key", default="", envvar="SLMOPS_API_KEY", help="require this Bearer key on /v1/*")
+@click.option("--bench-timeout", type=float, default=1800.0, show_default=True,
+              help="seconds a benchmark the controller asks for may take")
 @click.option("--json", "as_json", is_flag=True, help="log lines as JSON")
 def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: str,
         labels: tuple[str, ...], telemetry_interval: float, heartbeat_interval: float,
-        batch_max: int, spool_max_samples: int, max_backoff: float, as_json: bool) -> None:
+        batch_max: int, spool_max_samples: int, max_backoff: float, model_dir: Path | None,
+        serve_listen: str, grpc_listen: str, api_key: str, bench_timeout: float, as_json: bool) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C."""
     fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}' if as_json
            else "%(asctime)s %(levelname)s %(message)s")
@@ -74,11 +85,17 @@ def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: 
         settings = AgentSettings(
             data_dir=data_dir, controller=controller, enroll_address=enroll_address, token=token,
             name=name, labels=_parse_labels(labels), telemetry_interval_s=telemetry_interval,
-            spool_max_samples=spool_max_samples,
+            spool_max_samples=spool_max_samples, model=model_dir, bench_timeout_s=bench_timeout,
             link=LinkSettings(heartbeat_interval_s=heartbeat_interval,
                               batch_max_samples=batch_max, max_backoff_s=max_backoff),
         )
-        asyncio.run(_run_until_signal(Agent(settings)))
+        serving = None
+        if model_dir is not None:
+            serving = (_load_slot(model_dir, as_json), *_parse_listen(serve_listen), grpc_listen,
+                       api_key or None)
+        asyncio.run(_run_until_signal(Agent(settings), serving))
+    except OSError as e:
+        _fail(f"can't listen: {e.strerror or e}", EXIT_USAGE, as_json)
     except (SettingsError, TokenFormatError, IdentityError) as e:
         _fail(str(e), EXIT_USAGE, as_json)
     except EnrollmentError as e:
@@ -89,7 +106,29 @@ def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: 
               EXIT_REFUSED, as_json)
 
 
-async def _run_until_signal(agent: Agent) -> None:
+def _load_slot(model_dir: Path, as_json: bool, threads: int | None = None, name: str = "") -> ModelSlot:
+    """A model slot with ``model_dir`` loaded; exits with a message naming the file if the
+    variant is damaged."""
+    from agent.engine import ModelSlot, VariantError
+
+    slot = ModelSlot(threads=threads)
+    try:
+        slot.load(model_dir, name=name or None)
+    except VariantError as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+    return slot
+
+
+async def _run_until_signal(agent: Agent, serving: tuple | None = None) -> None:
+    local = None
+    if serving is not None:
+        from agent.serve.local import start_local_serving
+
+        slot, host, port, grpc_listen, api_key = serving
+        local = await start_local_serving(slot, host, port, grpc_listen, api_key=api_key)
+        agent.serve_metrics = local.http  # inference figures flow into the telemetry
+        logging.getLogger(__name__).info("serving %s on %s/v1 (gRPC %s)", local.info()["model"],
+                                         local.http.url, local.info()["grpc"] or "off")
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +137,9 @@ async def _run_until_signal(agent: Agent) -> None:
         await task
     except asyncio.CancelledError:
         logging.getLogger(__name__).info("stopped")
+    finally:
+        if local is not None:
+            await local.stop()
 
 
 @main.command()
@@ -158,6 +200,8 @@ def _parse_listen(value: str) -> tuple[str, int]:
               help="a variant directory (genai_config.json, model.onnx, tokenizer.json); without it the "
                    "server starts empty and answers 503 model_not_loaded")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to bind")
+@click.option("--grpc-listen", default="127.0.0.1:50051", show_default=True,
+              help="HOST:PORT of the gRPC InferenceService ('' for none)")
 @click.option("--api-key", default="", envvar="SLMOPS_API_KEY",
               help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
 @click.option("--name", default="", help="the model id clients send (default: the directory's name)")
@@ -168,45 +212,39 @@ def _parse_listen(value: str) -> tuple[str, int]:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="onnxruntime threads per generation (default: onnxruntime's)")
 @click.option("--json", "as_json", is_flag=True, help="print the address and model as JSON")
-def serve(model_dir: Path | None, listen: str, api_key: str, name: str, workers: int, max_queued: int,
-          threads: int | None, as_json: bool) -> None:
-    """Serve a model variant over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
-    from agent.engine import ModelSlot, VariantError
+def serve(model_dir: Path | None, listen: str, grpc_listen: str, api_key: str, name: str, workers: int,
+          max_queued: int, threads: int | None, as_json: bool) -> None:
+    """Serve a model variant to local apps (OpenAI-compatible HTTP and gRPC) until SIGTERM or
+    Ctrl-C."""
+    from agent.engine import ModelSlot
 
     host, port = _parse_listen(listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    slot = ModelSlot(threads=threads)
+    slot = (_load_slot(model_dir, as_json, threads, name) if model_dir is not None
+            else ModelSlot(threads=threads))
     try:
-        if model_dir is not None:
-            slot.load(model_dir, name=name or None)
-    except VariantError as e:
-        _fail(str(e), EXIT_USAGE, as_json)
-        return
-    try:
-        asyncio.run(_serve_until_signal(slot, host, port, api_key or None, workers, max_queued, as_json))
+        asyncio.run(_serve_until_signal(slot, host, port, grpc_listen, api_key or None, workers, max_queued,
+                                        as_json))
     except OSError as e:
         _fail(f"can't listen on {listen}: {e.strerror or e}", EXIT_USAGE, as_json)
     finally:
         slot.unload()  # frees the model before exit (onnxruntime-genai reports leaks otherwise)
 
 
-async def _serve_until_signal(slot: ModelSlot, host: str, port: int, api_key: str | None, workers: int,
-                              max_queued: int, as_json: bool) -> None:
-    from agent.serve import start_server
+async def _serve_until_signal(slot: ModelSlot, host: str, port: int, grpc_listen: str, api_key: str | None,
+                              workers: int, max_queued: int, as_json: bool) -> None:
+    from agent.serve.local import start_local_serving
 
-    running = await start_server(slot, host, port, api_key, workers=workers, max_queued=max_queued)
-    loaded = slot.current
-    info = {"url": running.url, "model": loaded.name if loaded else None,
-            "variant": str(loaded.engine.info.path) if loaded else None,
-            "precision": loaded.engine.info.precision if loaded else None,
-            "context_length": loaded.engine.info.context_length if loaded else None,
-            "api_key": api_key is not None}
+    running = await start_local_serving(slot, host, port, grpc_listen, api_key=api_key, workers=workers,
+                                        max_queued=max_queued)
+    info = running.info()
     if as_json:
         click.echo(json.dumps(info))
-    elif loaded:
-        click.echo(f"serving {loaded.name} ({info['precision']}) on {running.url}/v1")
+    elif info["model"]:
+        click.echo(f"serving {info['model']} ({info['precision']}) on {info['url']}/v1, "
+                   f"gRPC {info['grpc'] or 'off'}")
     else:
-        click.echo(f"listening on {running.url}/v1 with no model loaded")
+        click.echo(f"listening on {info['url']}/v1 with no model loaded")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,3 +253,6 @@ async def _serve_until_signal(slot: ModelSlot, host: str, port: int, api_key: st
         await stop.wait()
     finally:
         await running.stop()
+
+
+main.add_command(bench)

@@ -1,18 +1,24 @@
-"""The agent daemon: enroll once, then sample telemetry into the spool and keep the link up."""
+"""The agent daemon: enroll once, then sample telemetry into the spool and keep the link up,
+and run what the controller asks of the device (commands: a benchmark of the active model)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from agent import __version__
+from agent.bench import BenchError, BenchOptions, bench_in_child
 from agent.enroll import EnrollmentError, enroll
 from agent.hardware import detect_hardware
 from agent.identity import Identity
-from agent.link import ControllerLink, LinkSettings, backoff_delay
+from agent.link import ControllerLink, LinkSettings, backoff_delay, command_result
+from agent.telemetry.inference import InferenceSampler
 from agent.telemetry.sampler import SystemSampler
 from agent.telemetry.spool import Spool
 from protos import common_pb2, fleet_pb2
@@ -35,6 +41,8 @@ class AgentSettings:
     telemetry_interval_s: float = 10.0
     spool_max_samples: int = 50_000
     link: LinkSettings = field(default_factory=LinkSettings)
+    model: Path | None = None  # the active model variant's directory, if any
+    bench_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -43,10 +51,14 @@ class AgentSettings:
             ("--max-backoff", self.link.max_backoff_s, self.link.min_backoff_s, 3_600),
             ("--batch-max", self.link.batch_max_samples, 1, 1_000),
             ("--spool-max-samples", self.spool_max_samples, 1, 10_000_000),
+            ("--bench-timeout", self.bench_timeout_s, 1, 86_400),
         ]
         for flag, value, low, high in checks:
             if not low <= value <= high:
                 raise SettingsError(f"{flag}: {value} is out of range; allowed {low}..{high}")
+        if self.model is not None and not Path(self.model).is_dir():
+            raise SettingsError(f"--model: {self.model} is not a directory; give a model variant "
+                                "directory (genai_config.json, model.onnx, tokenizer.json)")
 
     @property
     def resolved_enroll_address(self) -> str:
@@ -58,10 +70,75 @@ class AgentSettings:
         return f"{host}:{int(port) + 1}"
 
 
+# Bounds of a bench command's arguments (the controller checks them too).
+BENCH_ARGS = {"prompts": (1, 1000), "max_tokens": (1, 8192)}
+
+
+def bench_options(args_json: str) -> BenchOptions:
+    """A bench command's arguments, {"prompts": N, "max_tokens": M}, both optional."""
+    try:
+        args = json.loads(args_json or "{}")
+    except json.JSONDecodeError as e:
+        raise BenchError(f"args_json: not JSON ({e.msg})") from None
+    if not isinstance(args, dict):
+        raise BenchError("args_json: must be a JSON object")
+    for key, value in args.items():
+        low, high = BENCH_ARGS.get(key, (None, None))
+        if low is None:
+            raise BenchError(f"args_json: unknown argument {key!r}; known: {', '.join(BENCH_ARGS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise BenchError(f"args_json.{key}: {value!r} is out of range; allowed {low}..{high}")
+    defaults = BenchOptions()
+    return BenchOptions(n=args.get("prompts", defaults.n),
+                        max_tokens=args.get("max_tokens", defaults.max_tokens))
+
+
+def benchmark_message(command_id: str, report: dict[str, Any]) -> fleet_pb2.ConnectRequest:
+    variant = report.get("variant", {})
+    return fleet_pb2.ConnectRequest(benchmark=fleet_pb2.BenchmarkReport(
+        command_id=command_id, model=str(variant.get("model", "")),
+        version=str(variant.get("version", "")), profile=str(variant.get("profile", "")),
+        precision=str(variant.get("precision", "")),
+        variant_sha256=str(variant.get("variant_sha256", "")), report_json=json.dumps(report)))
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.desired: fleet_pb2.DesiredState | None = None
+        # While a model is served in this process: its ServeMetrics, or the RunningServer of
+        # agent/serve (anything with their stats()). Set by whoever starts serving; the
+        # telemetry sampler reads it (agent/telemetry/inference.py).
+        self.serve_metrics: Any = None
+        self._bench_lock = asyncio.Lock()
+
+    async def handle_command(self, command: fleet_pb2.Command) -> list[fleet_pb2.ConnectRequest]:
+        if command.kind == "bench":
+            return await self._bench(command)
+        return [command_result(command.id, False, error=f"command {command.kind!r} is not "
+                                                        f"supported by agent {__version__}")]
+
+    async def _bench(self, command: fleet_pb2.Command) -> list[fleet_pb2.ConnectRequest]:
+        """Benchmark the active model in a child process (its peak RSS is the model's)."""
+        model = self.settings.model
+        if model is None:
+            return [command_result(command.id, False, error=(
+                "no active model on this device; start its agent with --model VARIANT_DIR"))]
+        if self._bench_lock.locked():
+            return [command_result(command.id, False, error=(
+                "a benchmark is already running on this device; wait for its report"))]
+        async with self._bench_lock:
+            try:
+                options = bench_options(command.args_json)
+                report = await bench_in_child(model, options, self.settings.bench_timeout_s)
+            except BenchError as e:
+                return [command_result(command.id, False, error=str(e))]
+        variant = report.get("variant", {})
+        summary = {"variant_sha256": variant.get("variant_sha256", ""),
+                   "decode_tokens_per_s": report.get("decode_tokens_per_s")}
+        log.info("benchmark of %s: %s tokens/s", model, summary["decode_tokens_per_s"])
+        return [benchmark_message(command.id, report),
+                command_result(command.id, True, result_json=json.dumps(summary))]
 
     async def obtain_identity(self, hardware: common_pb2.Hardware) -> Identity:
         s = self.settings
@@ -106,7 +183,8 @@ class Agent:
         hardware = await asyncio.to_thread(detect_hardware, s.data_dir)  # nvidia-smi may hang
         identity = await self.obtain_identity(hardware)
         spool = Spool(s.data_dir / "telemetry.db", s.spool_max_samples)
-        link = ControllerLink(identity, spool, hardware, s.link, self._on_desired_state)
+        link = ControllerLink(identity, spool, hardware, s.link, self._on_desired_state,
+                              self.handle_command)
         sampler = SystemSampler(s.data_dir)
         sampling = asyncio.create_task(self._sample(sampler, spool, link))
         try:
@@ -118,9 +196,11 @@ class Agent:
 
     async def _sample(self, sampler: SystemSampler, spool: Spool, link: ControllerLink) -> None:
         interval = self.settings.telemetry_interval_s
+        inference = InferenceSampler(lambda: self.serve_metrics)
         next_at = time.monotonic()
         while True:
             values = sampler.sample()
+            values.extend(inference.sample())
             values.append(common_pb2.MetricValue(metric="spool_pending",
                                                  value=float(spool.pending_count())))
             values.append(common_pb2.MetricValue(metric="spool_dropped_total",

@@ -4,15 +4,20 @@ Reconnects with exponential backoff and jitter when the controller is away. Tele
 the spool in batches, one batch in flight at a time; a sample is deleted only once the
 controller acknowledged it, so a cut stream or a killed process loses nothing and a resent
 batch is stored once (the controller keeps the highest seq it holds).
+
+Commands from the controller run as tasks of their own (a benchmark takes a while), beside
+the stream: their answers (CommandResult, BenchmarkReport) wait in an outbox and are sent as
+soon as a stream is up, so a command that outlives its stream is still answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -33,6 +38,21 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+MAX_OUTBOX = 100  # answers waiting for a stream; older ones are dropped beyond this
+
+# Runs one command; returns the messages that answer it (ending with its CommandResult).
+CommandHandler = Callable[[fleet_pb2.Command], Awaitable[list[fleet_pb2.ConnectRequest]]]
+
+
+def command_result(command_id: str, ok: bool, result_json: str = "", error: str = ""
+                   ) -> fleet_pb2.ConnectRequest:
+    return fleet_pb2.ConnectRequest(command_result=fleet_pb2.CommandResult(
+        id=command_id, ok=ok, result_json=result_json, error=error))
+
+
+async def unsupported(command: fleet_pb2.Command) -> list[fleet_pb2.ConnectRequest]:
+    return [command_result(command.id, False, error=f"command {command.kind!r} is not supported "
+                                                    f"by agent {__version__}")]
 
 
 class DeviceRefused(Exception):
@@ -67,10 +87,15 @@ class ControllerLink:
         self, identity: Identity, spool: Spool, hardware: common_pb2.Hardware,
         settings: LinkSettings,
         on_desired_state: Callable[[fleet_pb2.DesiredState], None] | None = None,
+        on_command: CommandHandler = unsupported,
     ) -> None:
         self._identity, self._spool, self._hardware = identity, spool, hardware
         self._settings = settings
         self._on_desired_state = on_desired_state
+        self._on_command = on_command
+        self._outbox: collections.deque[fleet_pb2.ConnectRequest] = collections.deque()
+        self._outbox_ready = asyncio.Event()
+        self._commands: set[asyncio.Task[None]] = set()
         self._new_samples = asyncio.Event()
         self._rng = random.Random()
         self.connected = False
@@ -82,6 +107,14 @@ class ControllerLink:
 
     async def run(self) -> None:
         """Run until cancelled; raises DeviceRefused if the controller refuses this device."""
+        try:
+            await self._connect_forever()
+        finally:
+            for task in self._commands:
+                task.cancel()
+            await asyncio.gather(*self._commands, return_exceptions=True)
+
+    async def _connect_forever(self) -> None:
         attempt = 0
         options = [*CHANNEL_OPTIONS,
                    ("grpc.ssl_target_name_override", self._identity.server_name)]
@@ -135,6 +168,7 @@ class ControllerLink:
             asyncio.create_task(self._read(call, acks, write)),
             asyncio.create_task(self._heartbeats(write)),
             asyncio.create_task(self._send_telemetry(write, acks)),
+            asyncio.create_task(self._send_outbox(write)),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -164,10 +198,32 @@ class ControllerLink:
             elif kind == "desired_state" and self._on_desired_state is not None:
                 self._on_desired_state(message.desired_state)
             elif kind == "command":
-                await write(fleet_pb2.ConnectRequest(command_result=fleet_pb2.CommandResult(
-                    id=message.command.id, ok=False,
-                    error=f"command {message.command.kind!r} is not supported by agent {__version__}",
-                )))
+                task = asyncio.create_task(self._run_command(message.command))
+                self._commands.add(task)
+                task.add_done_callback(self._commands.discard)
+
+    async def _run_command(self, command: fleet_pb2.Command) -> None:
+        log.info("command %s: %s", command.id, command.kind)
+        try:
+            answers = await self._on_command(command)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed command is answered, the agent goes on
+            log.exception("command %s (%s) failed", command.id, command.kind)
+            answers = [command_result(command.id, False, error=f"the agent failed: {e}")]
+        for answer in answers:
+            if len(self._outbox) >= MAX_OUTBOX:
+                self._outbox.popleft()
+            self._outbox.append(answer)
+        self._outbox_ready.set()
+
+    async def _send_outbox(self, write) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            while self._outbox:
+                await write(self._outbox[0])  # removed only once written: a cut stream resends
+                self._outbox.popleft()
+            self._outbox_ready.clear()
+            await self._outbox_ready.wait()
 
     async def _heartbeats(self, write) -> None:  # type: ignore[no-untyped-def]
         while True:

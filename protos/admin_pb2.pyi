@@ -80,7 +80,7 @@ class RevokeTokenResponse(_message.Message):
     def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "name", "status", "labels", "hardware", "profile", "agent_version", "enrolled_at_ms", "last_seen_ms", "acked_through_seq", "spool_dropped_total", "desired_generation")
+    __slots__ = ("id", "name", "status", "labels", "hardware", "profile", "agent_version", "enrolled_at_ms", "last_seen_ms", "acked_through_seq", "spool_dropped_total", "desired_generation", "matched_profile", "profile_override")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class Device(_message.Message):
     ACKED_THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
     SPOOL_DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DESIRED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     status: str
@@ -112,7 +114,9 @@ class Device(_message.Message):
     acked_through_seq: int
     spool_dropped_total: int
     desired_generation: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., profile: _Optional[str] = ..., agent_version: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., acked_through_seq: _Optional[int] = ..., spool_dropped_total: _Optional[int] = ..., desired_generation: _Optional[int] = ...) -> None: ...
+    matched_profile: str
+    profile_override: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., profile: _Optional[str] = ..., agent_version: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., acked_through_seq: _Optional[int] = ..., spool_dropped_total: _Optional[int] = ..., desired_generation: _Optional[int] = ..., matched_profile: _Optional[str] = ..., profile_override: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("selector", "include_removed")
@@ -264,3 +268,81 @@ class ListMetricsResponse(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     metrics: _containers.RepeatedCompositeFieldContainer[MetricInfo]
     def __init__(self, metrics: _Optional[_Iterable[_Union[MetricInfo, _Mapping]]] = ...) -> None: ...
+
+class Benchmark(_message.Message):
+    __slots__ = ("id", "device_id", "device_name", "model", "version", "profile", "precision", "variant_sha256", "command_id", "created_at_ms", "report_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    device_id: str
+    device_name: str
+    model: str
+    version: str
+    profile: str
+    precision: str
+    variant_sha256: str
+    command_id: str
+    created_at_ms: int
+    report_json: str
+    def __init__(self, id: _Optional[int] = ..., device_id: _Optional[str] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., profile: _Optional[str] = ..., precision: _Optional[str] = ..., variant_sha256: _Optional[str] = ..., command_id: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class DeviceBenchRequest(_message.Message):
+    __slots__ = ("id", "timeout_ms", "prompts", "max_tokens", "detach")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    timeout_ms: int
+    prompts: int
+    max_tokens: int
+    detach: bool
+    def __init__(self, id: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., prompts: _Optional[int] = ..., max_tokens: _Optional[int] = ..., detach: _Optional[bool] = ...) -> None: ...
+
+class DeviceBenchResponse(_message.Message):
+    __slots__ = ("command_id", "benchmark")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    benchmark: Benchmark
+    def __init__(self, command_id: _Optional[str] = ..., benchmark: _Optional[_Union[Benchmark, _Mapping]] = ...) -> None: ...
+
+class ListBenchmarksRequest(_message.Message):
+    __slots__ = ("device_id", "model", "limit")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    model: str
+    limit: int
+    def __init__(self, device_id: _Optional[str] = ..., model: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListBenchmarksResponse(_message.Message):
+    __slots__ = ("benchmarks",)
+    BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
+    benchmarks: _containers.RepeatedCompositeFieldContainer[Benchmark]
+    def __init__(self, benchmarks: _Optional[_Iterable[_Union[Benchmark, _Mapping]]] = ...) -> None: ...
+
+class SetDeviceProfileRequest(_message.Message):
+    __slots__ = ("id", "profile")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    profile: str
+    def __init__(self, id: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class SetDeviceProfileResponse(_message.Message):
+    __slots__ = ("device",)
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    device: Device
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ...) -> None: ...

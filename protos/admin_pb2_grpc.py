@@ -79,6 +79,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ListMetricsRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.ListMetricsResponse.FromString,
                 _registered_method=True)
+        self.DeviceBench = channel.unary_unary(
+                '/slmops.v1.AdminService/DeviceBench',
+                request_serializer=protos_dot_admin__pb2.DeviceBenchRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceBenchResponse.FromString,
+                _registered_method=True)
+        self.ListBenchmarks = channel.unary_unary(
+                '/slmops.v1.AdminService/ListBenchmarks',
+                request_serializer=protos_dot_admin__pb2.ListBenchmarksRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListBenchmarksResponse.FromString,
+                _registered_method=True)
+        self.SetDeviceProfile = channel.unary_unary(
+                '/slmops.v1.AdminService/SetDeviceProfile',
+                request_serializer=protos_dot_admin__pb2.SetDeviceProfileRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.SetDeviceProfileResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -138,6 +153,26 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeviceBench(self, request, context):
+        """Ask an online device to benchmark its active model; returns the stored report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBenchmarks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeviceProfile(self, request, context):
+        """The operator's override of the profile matched from the device's hardware.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +220,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListMetrics,
                     request_deserializer=protos_dot_admin__pb2.ListMetricsRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.ListMetricsResponse.SerializeToString,
+            ),
+            'DeviceBench': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeviceBench,
+                    request_deserializer=protos_dot_admin__pb2.DeviceBenchRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceBenchResponse.SerializeToString,
+            ),
+            'ListBenchmarks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBenchmarks,
+                    request_deserializer=protos_dot_admin__pb2.ListBenchmarksRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListBenchmarksResponse.SerializeToString,
+            ),
+            'SetDeviceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceProfile,
+                    request_deserializer=protos_dot_admin__pb2.SetDeviceProfileRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.SetDeviceProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +480,87 @@ class AdminService:
             '/slmops.v1.AdminService/ListMetrics',
             protos_dot_admin__pb2.ListMetricsRequest.SerializeToString,
             protos_dot_admin__pb2.ListMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeviceBench(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/DeviceBench',
+            protos_dot_admin__pb2.DeviceBenchRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceBenchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBenchmarks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/ListBenchmarks',
+            protos_dot_admin__pb2.ListBenchmarksRequest.SerializeToString,
+            protos_dot_admin__pb2.ListBenchmarksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/SetDeviceProfile',
+            protos_dot_admin__pb2.SetDeviceProfileRequest.SerializeToString,
+            protos_dot_admin__pb2.SetDeviceProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "heartbeat", "telemetry", "command_result")
+    __slots__ = ("hello", "heartbeat", "telemetry", "command_result", "benchmark")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     COMMAND_RESULT_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     telemetry: TelemetryBatch
     command_result: CommandResult
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
+    benchmark: BenchmarkReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkReport, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("welcome", "telemetry_ack", "desired_state", "command")
@@ -123,3 +125,21 @@ class CommandResult(_message.Message):
     result_json: str
     error: str
     def __init__(self, id: _Optional[str] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class BenchmarkReport(_message.Message):
+    __slots__ = ("command_id", "model", "version", "profile", "precision", "variant_sha256", "report_json")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    model: str
+    version: str
+    profile: str
+    precision: str
+    variant_sha256: str
+    report_json: str
+    def __init__(self, command_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., profile: _Optional[str] = ..., precision: _Optional[str] = ..., variant_sha256: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...

@@ -45,8 +45,8 @@ class FleetServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Connect(self, request_iterator, context):
-        """One long-lived stream per device. Up: hello, heartbeats, telemetry. Down: welcome,
-        acknowledgements, desired state, commands.
+        """One long-lived stream per device. Up: hello, heartbeats, telemetry, command results,
+        benchmark reports. Down: welcome, acknowledgements, desired state, commands.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,11 +34,12 @@ assert not attempts and not loaded
     "import agent.cli, agent.daemon, agent.link, agent.enroll, agent.hardware",
     "import agent.telemetry.spool, agent.telemetry.sampler",
     "import agent.engine, agent.engine.pool, agent.serve, agent.serve.openai_http, agent.serve.metrics",
+    "import agent.bench, agent.bench_cmd, agent.serve.grpc_inference, agent.serve.local",
     "from agent.cli import main\nsys.argv = ['slmops-agent', 'serve', '--help']\n"
     "try:\n    main()\nexcept SystemExit:\n    pass",
     "from agent.cli import main\nsys.argv = ['slmops-agent', '--help']\n"
     "try:\n    main()\nexcept SystemExit:\n    pass",
-], ids=["package", "modules", "telemetry", "engine-and-serve", "serve-help", "entry-point"])
+], ids=["package", "modules", "telemetry", "engine-and-serve", "bench-and-grpc", "serve-help", "entry-point"])
 def test_agent_imports_no_heavy_library(body: str) -> None:
     code = PROBE.format(heavy=HEAVY, body=body)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

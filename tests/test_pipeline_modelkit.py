@@ -131,9 +131,9 @@ def test_a_size_mapping_overrides_a_named_size(tokenizer_2048: Path, tmp_path: P
     ({"base": "tiny", "layers": 3}, "unknown field(s) layers"),
     ({"hidden_size": 64}, "missing field(s) intermediate_size, num_heads, num_kv_heads, num_layers"),
     ({"base": "tiny", "num_heads": 5}, "hidden_size 48 is not divisible by num_heads 5"),
-    ({"base": "tiny", "num_kv_heads": 3}, "num_heads 2 is not divisible by num_kv_heads 3"),
+    ({"base": "tiny", "num_kv_heads": 2}, "num_heads 3 is not divisible by num_kv_heads 2"),
     ({"base": "tiny", "num_layers": 0}, "num_layers must be a positive integer, got 0"),
-    ({"base": "tiny", "hidden_size": 48, "num_heads": 4, "num_kv_heads": 2}, "must be a multiple of 8"),
+    ({"base": "tiny", "hidden_size": 48, "num_heads": 2, "num_kv_heads": 2}, "must be a multiple of 16"),
 ])
 def test_bad_sizes_are_rejected_naming_the_field(size: object, message: str) -> None:
     with pytest.raises(ModelError) as e:

@@ -35,6 +35,17 @@ _SPECS = (
     MetricSpec("process_rss_bytes", "bytes", "resident memory of the agent process"),
     MetricSpec("spool_pending", "samples", "samples in the agent's spool not yet acknowledged"),
     MetricSpec("spool_dropped_total", "samples", "samples dropped because the spool was full"),
+    # Serving (agent/telemetry/inference.py), over the interval since the previous sample;
+    # present while the agent serves a model. The rates and latencies only when it had requests.
+    MetricSpec("inference_requests", "requests", "inference requests finished in the interval"),
+    MetricSpec("inference_errors", "requests", "inference requests answered with an error"),
+    MetricSpec("inference_completion_tokens", "tokens", "tokens generated in the interval"),
+    MetricSpec("inference_tokens_per_second", "tokens/s",
+               "decode speed: tokens generated per second of generation after the first token"),
+    MetricSpec("inference_latency_ms", "ms", "mean request latency in the interval"),
+    MetricSpec("inference_latency_p50_ms", "ms",
+               "median request latency in the interval (from the latency histogram)"),
+    MetricSpec("inference_ttft_ms", "ms", "mean time to first token in the interval"),
 )
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}

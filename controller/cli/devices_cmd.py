@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
-from controller.cli import views
+from controller.cli import bench_view, views
 from controller.cli.client import AdminClient
 from controller.cli.output import CliError, ago, console, emit, json_option, labels_text, table
-from controller.cli.token_cmd import parse_labels
+from controller.cli.token_cmd import duration_ms, parse_labels
 from protos import admin_pb2
+
+SHOW_BENCHMARKS = 5
+DEFAULT_BENCH_TIMEOUT = "5m"
 
 
 @click.group()
 def devices() -> None:
-    """Enrolled devices: list, show, label, remove."""
+    """Enrolled devices: list, show, label, benchmark, set their profile, remove."""
+
+
+def _view(d: admin_pb2.Device) -> dict[str, Any]:
+    """views.device plus where the profile comes from."""
+    return {**views.device(d), "matched_profile": d.matched_profile,
+            "profile_override": d.profile_override}
+
+
+def _profile_text(d: dict) -> str:
+    if d.get("profile_override"):
+        return f"{d['profile']} (override; matched {d.get('matched_profile') or '-'})"
+    return d["profile"]
 
 
 def _gib(n: int) -> str:
@@ -24,7 +40,7 @@ def _gib(n: int) -> str:
 
 def _rows(devs: list[dict]) -> list[list[str]]:
     now = int(time.time() * 1000)
-    return [[d["id"], d["name"], d["status"], labels_text(d["labels"]), d["profile"],
+    return [[d["id"], d["name"], d["status"], labels_text(d["labels"]), _profile_text(d),
              f"{d['hardware']['arch']} {d['hardware']['logical_cores']}c "
              f"{_gib(d['hardware']['memory_total_bytes'])}", ago(d["last_seen_ms"], now)]
             for d in devs]
@@ -40,7 +56,7 @@ def list_(obj: dict, selector: tuple[str, ...], include_removed: bool, as_json: 
     client = AdminClient(obj["config"])
     response = client.call(client.stub.ListDevices, admin_pb2.ListDevicesRequest(
         selector=parse_labels(selector, "--selector"), include_removed=include_removed))
-    data = {"devices": [views.device(d) for d in response.devices]}
+    data = {"devices": [_view(d) for d in response.devices]}
     emit(data, as_json, lambda d: table(f"devices ({len(d['devices'])})",
          ["id", "name", "status", "labels", "profile", "hardware", "last seen"],
          _rows(d["devices"])))
@@ -48,7 +64,8 @@ def list_(obj: dict, selector: tuple[str, ...], include_removed: bool, as_json: 
 
 def _show(d: dict) -> None:
     h = d["hardware"]
-    console.print(f"[bold]{d['name']}[/bold] {d['id']}  {d['status']}  profile {d['profile']}")
+    console.print(f"[bold]{d['name']}[/bold] {d['id']}  {d['status']}  profile "
+                  f"{_profile_text(d)}", highlight=False)
     for key, value in [
         ("labels", labels_text(d["labels"])), ("last seen", d["last_seen"] or "never"),
         ("enrolled", d["enrolled_at"]), ("agent", d["agent_version"]),
@@ -61,6 +78,12 @@ def _show(d: dict) -> None:
                                        f"{d['spool_dropped_total']} dropped on the device"),
     ]:
         console.print(f"  {key:>12}  {value}", highlight=False)
+    if d.get("benchmarks"):
+        table(f"benchmarks (latest {len(d['benchmarks'])})", bench_view.COLUMNS,
+              [bench_view.row(b) for b in d["benchmarks"]])
+    else:
+        console.print(f"  {'benchmarks':>12}  none yet (`slmops devices bench {d['name']}`)",
+                      highlight=False)
 
 
 @devices.command("show")
@@ -68,10 +91,72 @@ def _show(d: dict) -> None:
 @json_option
 @click.pass_obj
 def show(obj: dict, device: str, as_json: bool) -> None:
-    """One device in detail (by id or name)."""
+    """One device in detail (by id or name), with its latest benchmarks."""
     client = AdminClient(obj["config"])
     d = client.call(client.stub.GetDevice, admin_pb2.GetDeviceRequest(id=device)).device
-    emit(views.device(d), as_json, _show)
+    found = client.call(client.stub.ListBenchmarks, admin_pb2.ListBenchmarksRequest(
+        device_id=d.id, limit=SHOW_BENCHMARKS)).benchmarks
+    emit({**_view(d), "benchmarks": [bench_view.benchmark(b) for b in found]}, as_json, _show)
+
+
+def _bench_human(v: dict) -> None:
+    if "report" not in v:
+        click.echo(f"benchmark {v['command_id']} sent; its report is stored when it arrives "
+                   f"(`slmops devices show {v['device']}`)")
+        return
+    table(f"benchmark on {v['device_name']}", bench_view.COLUMNS, [bench_view.row(v)])
+    variant = v["report"].get("variant", {})
+    console.print(f"variant {variant.get('name', '?')} sha256 {v['variant_sha256']}",
+                  highlight=False)
+
+
+@devices.command("bench")
+@click.argument("device")
+@click.option("--prompts", type=click.IntRange(1, 1000), default=None,
+              help="prompts to time (default: the agent's)")
+@click.option("--max-tokens", type=click.IntRange(1, 8192), default=None,
+              help="tokens per answer (default: the agent's)")
+@click.option("--timeout", default=DEFAULT_BENCH_TIMEOUT, show_default=True,
+              help="how long to wait for the report, e.g. 90s, 10m")
+@click.option("--detach", is_flag=True, help="send the command and return at once")
+@json_option
+@click.pass_obj
+def bench(obj: dict, device: str, prompts: int | None, max_tokens: int | None, timeout: str,
+          detach: bool, as_json: bool) -> None:
+    """Benchmark the device's active model on the device; the report is stored with the
+    device and the model."""
+    timeout_ms = duration_ms(timeout, "--timeout")
+    client = AdminClient(obj["config"])
+    request = admin_pb2.DeviceBenchRequest(id=device, timeout_ms=timeout_ms, prompts=prompts or 0,
+                                           max_tokens=max_tokens or 0, detach=detach)
+    if as_json or detach:
+        response = client.call(client.stub.DeviceBench, request, timeout=timeout_ms / 1000 + 15)
+    else:
+        with console.status(f"benchmarking on {device} (up to {timeout})..."):
+            response = client.call(client.stub.DeviceBench, request, timeout=timeout_ms / 1000 + 15)
+    if response.HasField("benchmark"):
+        view = bench_view.benchmark(response.benchmark)
+    else:
+        view = {"command_id": response.command_id, "device": device}
+    emit(view, as_json, _bench_human)
+
+
+@devices.command("set-profile")
+@click.argument("device")
+@click.argument("profile", required=False, default="")
+@click.option("--clear", is_flag=True, help="drop the override: use the matched profile again")
+@json_option
+@click.pass_obj
+def set_profile(obj: dict, device: str, profile: str, clear: bool, as_json: bool) -> None:
+    """Override the profile matched from the device's hardware (its builds follow it)."""
+    if bool(profile) == clear:
+        raise CliError("give a PROFILE (see `slmops profiles list`) or --clear, not both",
+                       "invalid_argument", 2)
+    client = AdminClient(obj["config"])
+    d = client.call(client.stub.SetDeviceProfile, admin_pb2.SetDeviceProfileRequest(
+        id=device, profile=profile)).device
+    emit(_view(d), as_json, lambda v: click.echo(f"{v['name']} ({v['id']}): profile "
+                                                 f"{_profile_text(v)}"))
 
 
 @devices.command("label")
@@ -90,7 +175,7 @@ def label(obj: dict, device: str, changes: tuple[str, ...], as_json: bool) -> No
     client = AdminClient(obj["config"])
     d = client.call(client.stub.UpdateDeviceLabels, admin_pb2.UpdateDeviceLabelsRequest(
         id=device, set=parse_labels(set_items, "labels"), remove=remove)).device
-    emit(views.device(d), as_json,
+    emit(_view(d), as_json,
          lambda v: click.echo(f"{v['name']} ({v['id']}): {labels_text(v['labels'])}"))
 
 
@@ -102,4 +187,4 @@ def remove(obj: dict, device: str, as_json: bool) -> None:
     """Decommission a device: its certificate stops working at once."""
     client = AdminClient(obj["config"])
     d = client.call(client.stub.RemoveDevice, admin_pb2.RemoveDeviceRequest(id=device)).device
-    emit(views.device(d), as_json, lambda v: click.echo(f"removed {v['name']} ({v['id']})"))
+    emit(_view(d), as_json, lambda v: click.echo(f"removed {v['name']} ({v['id']})"))

@@ -1,4 +1,7 @@
-"""AdminService: tokens, devices and telemetry queries for the operator. Admin certificate only."""
+"""AdminService: tokens, devices and telemetry queries for the operator. Admin certificate only.
+
+Benchmarks and the profile override are in services/device_ops.py (a mixin of this servicer).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import secrets
 from agent.enrollment_proof import verifier_of
 from agent.telemetry.catalog import METRICS
 from controller import validation
+from controller.build.profiles import ProfileSet, builtin_profiles
 from controller.hub import Hub
 from controller.ingest import IngestWriter
 from controller.services.common import (
@@ -17,6 +21,7 @@ from controller.services.common import (
     require_admin,
     token_to_proto,
 )
+from controller.services.device_ops import DeviceOpsMixin
 from controller.services.fleet import desired_state
 from controller.store import FleetStore, NotFound, TokenRecord
 from controller.telemetry.aggregate import AGGREGATIONS, bucketize
@@ -27,10 +32,12 @@ MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 MAX_BUCKETS = 10_000
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter, offline_after_ms: int) -> None:
+class AdminServicer(DeviceOpsMixin, admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter, offline_after_ms: int,
+                 profiles: ProfileSet | None = None) -> None:
         self._store, self._hub, self._ingest = store, hub, ingest
         self._offline_after_ms = offline_after_ms
+        self._profiles = profiles or builtin_profiles()
 
     def _device(self, device):  # type: ignore[no-untyped-def]
         return device_to_proto(device, self._hub, self._offline_after_ms)

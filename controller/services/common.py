@@ -152,7 +152,8 @@ def device_to_proto(device: DeviceRecord, hub: Hub, offline_after_ms: int) -> ad
     status, last_seen = device_status(device, hub, offline_after_ms)
     return admin_pb2.Device(
         id=device.id, name=device.name, status=status, labels=dict(device.labels),
-        hardware=hardware_from_dict(dict(device.hardware)), profile=device.profile,
+        hardware=hardware_from_dict(dict(device.hardware)), profile=device.effective_profile,
+        matched_profile=device.profile, profile_override=device.profile_override,
         agent_version=device.agent_version, enrolled_at_ms=device.enrolled_at_ms,
         last_seen_ms=last_seen, acked_through_seq=device.acked_through_seq,
         spool_dropped_total=device.spool_dropped_total,

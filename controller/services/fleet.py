@@ -7,6 +7,7 @@ once committed). Down: welcome, acknowledgements, desired state, commands.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -17,13 +18,14 @@ from controller.hub import Hub, Session
 from controller.ingest import IngestWriter
 from controller.profiles import match_profile
 from controller.services.common import hardware_to_dict, now_ms, require_device
-from controller.store import DeviceRecord, FleetStore, IngestItem, SampleRow, Touch
+from controller.store import BenchmarkRecord, DeviceRecord, FleetStore, IngestItem, SampleRow, Touch
 from protos import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 30
 MAX_SAMPLES_PER_BATCH = 1000
 MAX_VALUES_PER_SAMPLE = 512
+MAX_REPORT_CHARS = 256 * 1024
 
 
 def desired_state(device: DeviceRecord) -> fleet_pb2.ConnectResponse:
@@ -53,6 +55,26 @@ def batch_to_item(device_id: str, batch: fleet_pb2.TelemetryBatch) -> IngestItem
             values.append((v.metric, v.series, validation.finite(f"{where}.values[{j}].value", v.value)))
         rows.append(SampleRow(sample.seq, sample.timestamp_ms, tuple(values)))
     return IngestItem(device_id, tuple(rows), batch.dropped_total)
+
+
+def benchmark_to_record(device_id: str, report: fleet_pb2.BenchmarkReport,
+                        now: int) -> BenchmarkRecord:
+    """Validate a device's benchmark report; every error names the field."""
+    for name, limit in (("command_id", 64), ("model", 255), ("version", 64), ("profile", 255),
+                        ("precision", 32), ("variant_sha256", 64)):
+        validation.text(f"benchmark.{name}", getattr(report, name), limit)
+    validation.text("benchmark.report_json", report.report_json, MAX_REPORT_CHARS)
+    try:
+        body = json.loads(report.report_json)
+    except ValueError as e:
+        raise validation.Invalid(f"benchmark.report_json: not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise validation.Invalid("benchmark.report_json: must be a JSON object")
+    return BenchmarkRecord(
+        device_id=device_id, model=report.model, version=report.version, profile=report.profile,
+        precision=report.precision, variant_sha256=report.variant_sha256,
+        command_id=report.command_id, created_at_ms=now, report=body,
+    )
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
@@ -125,8 +147,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                         spool_dropped_total=request.heartbeat.spool_dropped_total,
                     ))
                 elif kind == "command_result":
-                    log.info("device %s: command %s ok=%s", session.device_id,
-                             request.command_result.id, request.command_result.ok)
+                    result = request.command_result
+                    log.info("device %s: command %s ok=%s %s", session.device_id, result.id,
+                             result.ok, result.error)
+                    self._hub.command_done(session.device_id, result)
+                elif kind == "benchmark":
+                    record = benchmark_to_record(session.device_id, request.benchmark, now_ms())
+                    # Stored before the next message is read, so before the command's result.
+                    record = await self._ingest.run_in_writer(self._store.add_benchmark, record)
+                    log.info("device %s: benchmark %d of %s:%s stored", session.device_id,
+                             record.id, record.model, record.version)
                 else:
                     raise validation.Invalid(f"unexpected message {kind!r} after hello")
             session.close("the agent closed the stream")

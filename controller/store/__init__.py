@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.store.base import (
+    BenchmarkRecord,
     Conflict,
     DeviceRecord,
     FleetStore,
@@ -20,6 +21,7 @@ from controller.store.base import (
 )
 
 __all__ = [
+    "BenchmarkRecord",
     "Conflict",
     "DeviceRecord",
     "FleetStore",

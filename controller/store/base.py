@@ -61,6 +61,12 @@ class DeviceRecord:
     spool_dropped_total: int = 0
     desired_generation: int = 1
     desired_model: str = ""
+    profile_override: str = ""  # the operator's choice; "" = the matched ``profile``
+
+    @property
+    def effective_profile(self) -> str:
+        """The profile the device is built for: the operator's override, else the matched one."""
+        return self.profile_override or self.profile
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,22 @@ class RawPoint:
     series: str
     timestamp_ms: int
     value: float
+
+
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    """One on-device benchmark report; ``report`` is the agent's whole JSON object."""
+
+    device_id: str
+    model: str
+    version: str
+    profile: str
+    precision: str
+    variant_sha256: str
+    command_id: str
+    created_at_ms: int
+    report: Mapping[str, object]
+    id: int = 0  # set by the store
 
 
 @dataclass
@@ -155,6 +177,22 @@ class FleetStore(abc.ABC):
     @abc.abstractmethod
     def touch_devices(self, touches: Mapping[str, Touch]) -> None:
         """Apply many heartbeats in one transaction (last_seen only moves forward)."""
+
+    @abc.abstractmethod
+    def set_profile_override(self, device_id: str, profile: str) -> DeviceRecord:
+        """Set ("" clears) the operator's profile for an active device. Raises NotFound."""
+
+    # benchmarks
+    @abc.abstractmethod
+    def add_benchmark(self, record: BenchmarkRecord) -> BenchmarkRecord:
+        """Store a report; returns it with its id. Raises NotFound for an unknown device."""
+
+    @abc.abstractmethod
+    def list_benchmarks(
+        self, device_id: str = "", model: str = "", version: str = "", command_id: str = "",
+        limit: int = 50,
+    ) -> list[BenchmarkRecord]:
+        """Newest first; each non-empty argument must match."""
 
     # telemetry
     @abc.abstractmethod

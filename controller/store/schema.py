@@ -55,7 +55,15 @@ devices = Table(
     Column("spool_dropped_total", BigInteger, nullable=False, default=0),
     Column("desired_generation", BigInteger, nullable=False, default=1),
     Column("desired_model", String(255), nullable=False, default=""),
+    # The operator's choice (`slmops devices set-profile`); "" = use the matched ``profile``.
+    Column("profile_override", String(255), nullable=False, default=""),
 )
+
+# Columns added after the first release, with their DDL default, so that an older database is
+# brought up to date at open (create_all adds missing tables, never missing columns).
+ADDED_COLUMNS = {
+    "devices": (("profile_override", "VARCHAR(255) NOT NULL DEFAULT ''"),),
+}
 
 # A name is unique among active devices only (removed ones keep theirs); both SQLite and
 # PostgreSQL support this partial index, so concurrent enrollments can't share a name.
@@ -88,4 +96,24 @@ points = Table(
     Column("value", Float, nullable=False),
     PrimaryKeyConstraint("series_id", "seq", name="pk_points"),
     Index("ix_points_series_ts", "series_id", "ts_ms"),
+)
+
+# On-device benchmarks (agent/bench.py), one row per report; the identity columns repeat the
+# report's, so reports can be listed per device or per model without parsing them.
+benchmarks = Table(
+    "benchmarks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), ForeignKey("devices.id"), nullable=False),
+    Column("model", String(255), nullable=False, default=""),
+    Column("version", String(64), nullable=False, default=""),
+    Column("profile", String(255), nullable=False, default=""),
+    Column("precision", String(32), nullable=False, default=""),
+    Column("variant_sha256", String(64), nullable=False, default=""),
+    Column("command_id", String(64), nullable=False, default=""),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("report", Text, nullable=False),
+    Index("ix_benchmarks_device", "device_id", "created_at_ms"),
+    Index("ix_benchmarks_model", "model", "version", "created_at_ms"),
+    Index("ix_benchmarks_command", "command_id"),
 )

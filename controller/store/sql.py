@@ -30,6 +30,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
     update,
 )
@@ -40,6 +41,7 @@ from sqlalchemy.pool import StaticPool
 
 from agent.telemetry.catalog import is_known
 from controller.store.base import (
+    BenchmarkRecord,
     Conflict,
     DeviceRecord,
     FleetStore,
@@ -52,7 +54,15 @@ from controller.store.base import (
     TokenRejected,
     Touch,
 )
-from controller.store.schema import devices, metadata, points, series, tokens
+from controller.store.schema import (
+    ADDED_COLUMNS,
+    benchmarks,
+    devices,
+    metadata,
+    points,
+    series,
+    tokens,
+)
 from controller.store.sqlite_wal import set_wal
 
 _WRITE = "slmops_write"  # execution option: this transaction will write (BEGIN IMMEDIATE)
@@ -94,6 +104,12 @@ def _device_values(d: DeviceRecord) -> dict[str, Any]:
     return values
 
 
+def _benchmark(row: Row[Any]) -> BenchmarkRecord:
+    m = dict(row._mapping)
+    m["report"] = json.loads(m["report"])
+    return BenchmarkRecord(**m)
+
+
 def _forward(column: Any, value: Any) -> Any:
     """``max(column, value)`` in portable SQL (SQLite's max() is PostgreSQL's GREATEST())."""
     return case((column < value, value), else_=column)
@@ -132,6 +148,7 @@ class SqlFleetStore(FleetStore):
         try:
             with self._write() as conn:
                 metadata.create_all(conn)
+                self._add_missing_columns(conn)
         except DBAPIError as e:
             self._engine.dispose()
             raise StoreError(
@@ -197,6 +214,19 @@ class SqlFleetStore(FleetStore):
     def _read(self) -> Iterator[Connection]:
         with self._read_lock, self._engine.connect() as conn:
             yield conn
+
+    def _add_missing_columns(self, conn: Connection) -> None:
+        """Bring a database made by an older release up to date (see schema.ADDED_COLUMNS)."""
+        inspector = inspect(conn)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
+            for name, ddl in columns:
+                if name in have:
+                    continue
+                # PostgreSQL: IF NOT EXISTS, as another replica may add it at the same moment;
+                # SQLite lacks it but holds the write lock (BEGIN IMMEDIATE) here.
+                guard = "IF NOT EXISTS " if self._dialect == "postgresql" else ""
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {guard}{name} {ddl}")
 
     def _insert(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING in this database's dialect."""
@@ -369,6 +399,15 @@ class SqlFleetStore(FleetStore):
             last_seen_ms=max(found.last_seen_ms, now_ms),
         )
 
+    def set_profile_override(self, device_id: str, profile: str) -> DeviceRecord:
+        """NotFound also for a removed device."""
+        with self._write() as conn:
+            found = self._active(conn, device_id)
+            conn.execute(
+                update(devices).where(devices.c.id == device_id).values(profile_override=profile)
+            )
+        return replace(found, profile_override=profile)
+
     def touch_devices(self, touches: Mapping[str, Touch]) -> None:
         """Unknown ids are ignored; spool_dropped_total also only moves forward."""
         if not touches:
@@ -389,6 +428,31 @@ class SqlFleetStore(FleetStore):
                 conn.execute(seen, plain)
             if with_dropped:
                 conn.execute(both, with_dropped)
+
+    # benchmarks
+    def add_benchmark(self, record: BenchmarkRecord) -> BenchmarkRecord:
+        values = {c.name: getattr(record, c.name) for c in benchmarks.columns if c.name != "id"}
+        values["report"] = json.dumps(dict(record.report), sort_keys=True)
+        with self._write() as conn:
+            if conn.execute(select(devices.c.id).where(devices.c.id == record.device_id)).first() \
+                    is None:
+                raise NotFound(f"device {record.device_id} not found; see `slmops devices list`")
+            new_id = conn.execute(insert(benchmarks).values(values)).inserted_primary_key[0]
+        return replace(record, id=int(new_id))
+
+    def list_benchmarks(
+        self, device_id: str = "", model: str = "", version: str = "", command_id: str = "",
+        limit: int = 50,
+    ) -> list[BenchmarkRecord]:
+        stmt = select(benchmarks).order_by(benchmarks.c.created_at_ms.desc(),
+                                           benchmarks.c.id.desc()).limit(limit)
+        for column, value in ((benchmarks.c.device_id, device_id), (benchmarks.c.model, model),
+                              (benchmarks.c.version, version),
+                              (benchmarks.c.command_id, command_id)):
+            if value:
+                stmt = stmt.where(column == value)
+        with self._read() as conn:
+            return [_benchmark(r) for r in conn.execute(stmt)]
 
     # telemetry
     def ingest(self, items: list[IngestItem]) -> list[IngestResult]:
