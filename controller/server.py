@@ -78,6 +78,7 @@ class Controller:
         self.store = await asyncio.to_thread(open_store, s.resolved_db_url)
         self.ingest = IngestWriter(self.store, s.ingest_max_delay_ms, s.retention_ms)
         self.ingest.start()
+        profiles = await asyncio.to_thread(s.profiles)
         self.registry = await asyncio.to_thread(ModelRegistry, s.resolved_db_url, s.data_dir / "models")
         job_store = await asyncio.to_thread(JobStore, s.resolved_db_url)
         self.jobs = JobManager(job_store, self.registry, s.data_dir / "jobs",
@@ -86,11 +87,11 @@ class Controller:
         options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", s.max_message_bytes)]
         main = grpc.aio.server(options=options)
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(self.store, self.hub, self.ingest), main)
+            FleetServicer(self.store, self.hub, self.ingest, profiles), main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms), main)
+            AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms, profiles=profiles), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
-            PipelineServicer(self.jobs, self.registry), main)
+            PipelineServicer(self.jobs, self.registry, profiles), main)
         credentials = grpc.ssl_server_credentials(
             [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
             root_certificates=ca.cert_pem.encode(), require_client_auth=True,
@@ -100,7 +101,7 @@ class Controller:
         bootstrap = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length",
                                                               1024 * 1024)])
         enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(
-            EnrollmentServicer(self.store, ca, raw_public_key(signing_key)), bootstrap)
+            EnrollmentServicer(self.store, ca, raw_public_key(signing_key), profiles), bootstrap)
         enroll_port = bootstrap.add_insecure_port(s.resolved_enroll_listen)
 
         health_servicer = health.aio.HealthServicer()

@@ -29,6 +29,7 @@ class ControllerSettings:
     ingest_max_delay_ms: int = 20
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_jobs: int = 1  # pipeline jobs (worker processes) running at once
+    profiles_file: Path | None = None  # custom device profiles (YAML), beside the built-in ones
     extra_server_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -42,6 +43,18 @@ class ControllerSettings:
         if not 1 <= self.max_concurrent_jobs <= 64:
             raise SettingsError(f"--max-jobs: {self.max_concurrent_jobs} is out of range; allowed "
                                 "1..64")
+        if self.profiles_file is not None:
+            from controller.build.profiles import ProfileError, load_profiles
+
+            try:  # refused at startup, naming the file and the field
+                load_profiles(self.profiles_file)
+            except ProfileError as e:
+                raise SettingsError(f"--profiles: {e}") from None
+
+    def profiles(self):  # -> controller.build.ProfileSet
+        from controller.build.profiles import load_profiles
+
+        return load_profiles(self.profiles_file)
 
     @property
     def resolved_enroll_listen(self) -> str:

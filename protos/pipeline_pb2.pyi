@@ -160,8 +160,36 @@ class Evaluation(_message.Message):
     job_id: str
     def __init__(self, eval_name: _Optional[str] = ..., metrics_json: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
 
+class Variant(_message.Message):
+    __slots__ = ("profile", "precision", "provider", "runtime", "status", "reason", "size_bytes", "sha256", "metrics_json", "build_json", "created_at_ms", "job_id")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BUILD_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    precision: str
+    provider: str
+    runtime: str
+    status: str
+    reason: str
+    size_bytes: int
+    sha256: str
+    metrics_json: str
+    build_json: str
+    created_at_ms: int
+    job_id: str
+    def __init__(self, profile: _Optional[str] = ..., precision: _Optional[str] = ..., provider: _Optional[str] = ..., runtime: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., metrics_json: _Optional[str] = ..., build_json: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
+
 class Model(_message.Message):
-    __slots__ = ("name", "version", "kind", "params", "size_bytes", "metrics_json", "lineage_json", "created_at_ms", "job_id", "sha256", "evaluations")
+    __slots__ = ("name", "version", "kind", "params", "size_bytes", "metrics_json", "lineage_json", "created_at_ms", "job_id", "sha256", "evaluations", "variants")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +201,7 @@ class Model(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     kind: str
@@ -184,7 +213,8 @@ class Model(_message.Message):
     job_id: str
     sha256: str
     evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., params: _Optional[int] = ..., size_bytes: _Optional[int] = ..., metrics_json: _Optional[str] = ..., lineage_json: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., job_id: _Optional[str] = ..., sha256: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ...) -> None: ...
+    variants: _containers.RepeatedCompositeFieldContainer[Variant]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., params: _Optional[int] = ..., size_bytes: _Optional[int] = ..., metrics_json: _Optional[str] = ..., lineage_json: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., job_id: _Optional[str] = ..., sha256: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("name",)
@@ -231,3 +261,89 @@ class EvaluateModelResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class GateLimits(_message.Message):
+    __slots__ = ("max_accuracy_drop", "min_tokens_per_s", "max_memory_bytes")
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_accuracy_drop: float
+    min_tokens_per_s: float
+    max_memory_bytes: int
+    def __init__(self, max_accuracy_drop: _Optional[float] = ..., min_tokens_per_s: _Optional[float] = ..., max_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class BuildSpec(_message.Message):
+    __slots__ = ("ref", "profiles", "gates", "max_new_tokens", "test_rows", "threads")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    profiles: _containers.RepeatedScalarFieldContainer[str]
+    gates: GateLimits
+    max_new_tokens: int
+    test_rows: int
+    threads: int
+    def __init__(self, ref: _Optional[str] = ..., profiles: _Optional[_Iterable[str]] = ..., gates: _Optional[_Union[GateLimits, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., test_rows: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class BuildModelRequest(_message.Message):
+    __slots__ = ("spec", "file")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    spec: BuildSpec
+    file: FileChunk
+    def __init__(self, spec: _Optional[_Union[BuildSpec, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class BuildModelResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class DeviceProfile(_message.Message):
+    __slots__ = ("name", "description", "source", "arch", "isa_flags", "min_memory_bytes", "accelerator", "min_accelerator_memory_bytes", "precision", "provider", "block_size", "accuracy_level", "int8_scheme", "max_accuracy_drop", "min_tokens_per_s", "max_memory_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    ISA_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    MIN_ACCELERATOR_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    INT8_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    source: str
+    arch: _containers.RepeatedScalarFieldContainer[str]
+    isa_flags: _containers.RepeatedScalarFieldContainer[str]
+    min_memory_bytes: int
+    accelerator: str
+    min_accelerator_memory_bytes: int
+    precision: str
+    provider: str
+    block_size: int
+    accuracy_level: int
+    int8_scheme: str
+    max_accuracy_drop: float
+    min_tokens_per_s: float
+    max_memory_bytes: int
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., source: _Optional[str] = ..., arch: _Optional[_Iterable[str]] = ..., isa_flags: _Optional[_Iterable[str]] = ..., min_memory_bytes: _Optional[int] = ..., accelerator: _Optional[str] = ..., min_accelerator_memory_bytes: _Optional[int] = ..., precision: _Optional[str] = ..., provider: _Optional[str] = ..., block_size: _Optional[int] = ..., accuracy_level: _Optional[int] = ..., int8_scheme: _Optional[str] = ..., max_accuracy_drop: _Optional[float] = ..., min_tokens_per_s: _Optional[float] = ..., max_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class ListProfilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProfilesResponse(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[DeviceProfile]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[DeviceProfile, _Mapping]]] = ...) -> None: ...

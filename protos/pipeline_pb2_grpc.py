@@ -74,6 +74,16 @@ class PipelineServiceStub:
                 request_serializer=protos_dot_pipeline__pb2.EvaluateModelRequest.SerializeToString,
                 response_deserializer=protos_dot_pipeline__pb2.EvaluateModelResponse.FromString,
                 _registered_method=True)
+        self.BuildModel = channel.stream_unary(
+                '/slmops.v1.PipelineService/BuildModel',
+                request_serializer=protos_dot_pipeline__pb2.BuildModelRequest.SerializeToString,
+                response_deserializer=protos_dot_pipeline__pb2.BuildModelResponse.FromString,
+                _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/slmops.v1.PipelineService/ListProfiles',
+                request_serializer=protos_dot_pipeline__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=protos_dot_pipeline__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -132,6 +142,22 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildModel(self, request_iterator, context):
+        """Submits a build job: the model built for each profile, every variant checked on held-out
+        data and gated. The first message is the spec, then (optionally) the data file in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """The device profiles this controller builds for: custom ones first, then the built-in ones,
+        in the order devices are matched to them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +200,16 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.EvaluateModel,
                     request_deserializer=protos_dot_pipeline__pb2.EvaluateModelRequest.FromString,
                     response_serializer=protos_dot_pipeline__pb2.EvaluateModelResponse.SerializeToString,
+            ),
+            'BuildModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.BuildModel,
+                    request_deserializer=protos_dot_pipeline__pb2.BuildModelRequest.FromString,
+                    response_serializer=protos_dot_pipeline__pb2.BuildModelResponse.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=protos_dot_pipeline__pb2.ListProfilesRequest.FromString,
+                    response_serializer=protos_dot_pipeline__pb2.ListProfilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +428,60 @@ class PipelineService:
             '/slmops.v1.PipelineService/EvaluateModel',
             protos_dot_pipeline__pb2.EvaluateModelRequest.SerializeToString,
             protos_dot_pipeline__pb2.EvaluateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/slmops.v1.PipelineService/BuildModel',
+            protos_dot_pipeline__pb2.BuildModelRequest.SerializeToString,
+            protos_dot_pipeline__pb2.BuildModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.PipelineService/ListProfiles',
+            protos_dot_pipeline__pb2.ListProfilesRequest.SerializeToString,
+            protos_dot_pipeline__pb2.ListProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,9 +33,12 @@ def controller() -> None:
               help="a device with no message for this long is offline")
 @click.option("--max-jobs", type=int, default=1, show_default=True,
               help="pipeline jobs (worker processes) that run at once; the rest wait in the queue")
+@click.option("--profiles", "profiles_file", type=click.Path(path_type=Path), default=None,
+              help="custom device profiles (YAML), beside the built-in ones; `slmops profiles list "
+                   "--file` checks one")
 @json_option
 def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, retention: str,
-          offline_after: str, max_jobs: int, as_json: bool) -> None:
+          offline_after: str, max_jobs: int, profiles_file: Path | None, as_json: bool) -> None:
     """Start the controller in the foreground; SIGTERM or Ctrl-C stops it gracefully."""
     from controller.server import Controller
 
@@ -44,6 +47,7 @@ def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, r
             data_dir=data_dir or default_data_dir(), listen=listen, enroll_listen=enroll_listen,
             db_url=db_url, retention_ms=parse_duration(retention),
             offline_after_ms=parse_duration(offline_after), max_concurrent_jobs=max_jobs,
+            profiles_file=profiles_file,
         )
     except (SettingsError, ValueError) as e:
         raise CliError(str(e), "invalid_argument", 2) from None

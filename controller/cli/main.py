@@ -7,12 +7,14 @@ from pathlib import Path
 import click
 
 from controller import __version__
+from controller.cli.build_cmd import build
 from controller.cli.controller_cmd import controller
 from controller.cli.devices_cmd import devices
 from controller.cli.eval_cmd import eval_
 from controller.cli.jobs_cmd import jobs
 from controller.cli.models_cmd import models
 from controller.cli.output import CliError, fail
+from controller.cli.profiles_cmd import profiles
 from controller.cli.run_cmd import run
 from controller.cli.telemetry_cmd import telemetry
 from controller.cli.token_cmd import token
@@ -39,7 +41,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     ctx.obj["config"] = config
 
 
-for command in (controller, token, devices, telemetry, run, jobs, models, eval_):
+for command in (controller, token, devices, telemetry, run, jobs, models, eval_, profiles, build):
     cli.add_command(command)
 
 

@@ -67,6 +67,31 @@ def _show(m: dict[str, Any]) -> None:
     for e in m["evaluations"]:
         console.print(f"[bold]evaluation[/bold] {e['eval_name']} ({e['created']}, job {e['job_id']})")
         console.print_json(json.dumps(e["metrics"]))
+    if m["variants"]:
+        variants_table(m["ref"], m["variants"])
+
+
+def _fmt(x: Any, spec: str, suffix: str = "") -> str:
+    return "-" if _number(x) is None else f"{x:{spec}}{suffix}"
+
+
+def variants_table(ref: str, variants: list[dict[str, Any]]) -> None:
+    """A model's device variants: what each profile got, how it measured, whether it may ship."""
+    rows = []
+    for v in variants:
+        mx = v["metrics"]
+        status = "[green]passed[/green]" if v["status"] == "passed" else "[red]failed[/red]"
+        rows.append([v["profile"], v["precision"], human_bytes(v["size_bytes"]),
+                     pct(_number(mx.get("exact_match"))), _fmt(mx.get("exact_match_delta"), "+.1f", " pts"),
+                     pct(_number(mx.get("greedy_agreement"))),
+                     _fmt(mx.get("tokens_per_s"), ".0f"), human_bytes(_number(mx.get("peak_memory_bytes"))),
+                     status, v["reason"] or "-"])
+    table(f"variants of {ref} ({len(variants)})",
+          ["profile", "precision", "size", "exact match", "vs fp32", "agreement", "tokens/s", "peak memory",
+           "status", "reason"], rows)
+    notes = sorted({n for v in variants for n in v["metrics"].get("notes", [])})
+    for note in notes:
+        console.print(f"  note: {note}", highlight=False)
 
 
 @models.command("show")
@@ -74,7 +99,8 @@ def _show(m: dict[str, Any]) -> None:
 @json_option
 @click.pass_obj
 def show(obj: dict, ref: str, as_json: bool) -> None:
-    """One version (NAME, NAME:VERSION or NAME:latest): lineage, metrics, evaluations."""
+    """One version (NAME, NAME:VERSION or NAME:latest): lineage, metrics, evaluations and its
+    device variants (profile, size, accuracy against fp32, tokens/s, passed or failed and why)."""
     client = PipelineClient(obj["config"])
     m = client.call(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=ref)).model
     emit(views.model(m), as_json, _show)

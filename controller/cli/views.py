@@ -90,4 +90,30 @@ def model(m: pipeline_pb2.Model) -> dict[str, Any]:
         "evaluations": [{"eval_name": e.eval_name, "metrics": _json_field(e.metrics_json),
                          "created": when(e.created_at_ms), "job_id": e.job_id}
                         for e in m.evaluations],
+        "variants": [variant(v) for v in m.variants],
+    }
+
+
+def variant(v: pipeline_pb2.Variant) -> dict[str, Any]:
+    return {
+        "profile": v.profile, "precision": v.precision, "provider": v.provider, "runtime": v.runtime,
+        "status": v.status, "deployable": v.status == "passed", "reason": v.reason,
+        "size_bytes": v.size_bytes, "sha256": v.sha256, "metrics": _json_field(v.metrics_json),
+        "build": _json_field(v.build_json), "created": when(v.created_at_ms),
+        "created_at_ms": v.created_at_ms, "job_id": v.job_id,
+    }
+
+
+def profile(p: pipeline_pb2.DeviceProfile) -> dict[str, Any]:
+    """The same shape as ``DeviceProfile.to_dict()`` (the profiles YAML's terms: MB, not bytes)."""
+    mb = 2**20
+    return {
+        "name": p.name, "description": p.description, "source": p.source,
+        "match": {"arch": list(p.arch), "isa_flags": list(p.isa_flags),
+                  "min_memory_mb": p.min_memory_bytes // mb, "accelerator": p.accelerator,
+                  "min_accelerator_memory_mb": p.min_accelerator_memory_bytes // mb},
+        "build": {"precision": p.precision, "provider": p.provider, "block_size": p.block_size,
+                  "accuracy_level": p.accuracy_level, "int8_scheme": p.int8_scheme},
+        "gates": {"max_accuracy_drop": p.max_accuracy_drop, "min_tokens_per_s": p.min_tokens_per_s,
+                  "max_memory_mb": p.max_memory_bytes // mb},
     }

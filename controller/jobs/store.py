@@ -32,7 +32,7 @@ from controller.registry.database import Database
 from controller.store import NotFound
 from controller.validation import Invalid
 
-KINDS = ("recipe", "eval")
+KINDS = ("recipe", "eval", "build")
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ACTIVE + TERMINAL

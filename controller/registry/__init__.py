@@ -3,7 +3,8 @@ kind, size, metrics and lineage, plus evaluations run on it later.
 
 ``ModelRegistry(db_url, models_root)`` (registry/sql.py) keeps the rows in the controller's
 database and the files under ``models_root/<name>/<version>/``. A reference is ``NAME``,
-``NAME:latest`` or ``NAME:VERSION``.
+``NAME:latest`` or ``NAME:VERSION``. Each version may have device variants, one per profile
+(registry/variants.py), passed or failed; only a passed one is deployable.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from controller.registry.records import (
     parse_ref,
 )
 from controller.registry.sql import ModelRegistry
+from controller.registry.variants import NotDeployable, VariantRecord
 from controller.store import Conflict, NotFound
 from controller.validation import Invalid
 
@@ -26,7 +28,9 @@ __all__ = [
     "Invalid",
     "ModelRecord",
     "ModelRegistry",
+    "NotDeployable",
     "NotFound",
+    "VariantRecord",
     "check_name",
     "parse_ref",
 ]

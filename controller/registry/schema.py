@@ -1,7 +1,8 @@
 """The registry's tables, in SQLAlchemy Core, in the same database as the fleet (own MetaData).
 
 A model version's files live in ``<models_root>/<name>/<version>/``; the row keeps that path
-relative to the root, so the root can move. Metrics and lineage are JSON text.
+relative to the root, so the root can move. Metrics and lineage are JSON text. A device variant
+of a version (one per profile) lives in ``<models_root>/.variants/<name>/<version>/<profile>/``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -49,4 +51,27 @@ evaluations = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("job_id", String(64), nullable=False, default=""),
     Index("ix_evaluations_model", "name", "version"),
+)
+
+variants = Table(
+    "variants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("precision", String(16), nullable=False),
+    Column("provider", String(16), nullable=False, default="cpu"),
+    Column("runtime", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # passed | failed
+    Column("reason", Text, nullable=False, default=""),
+    Column("size_bytes", BigInteger, nullable=False, default=0),
+    Column("sha256", String(64), nullable=False),
+    Column("path", String(255), nullable=False),
+    Column("metrics", Text, nullable=False, default="{}"),
+    Column("build", Text, nullable=False, default="{}"),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("job_id", String(64), nullable=False, default=""),
+    UniqueConstraint("name", "version", "profile", name="uq_variants_model_profile"),
+    Index("ix_variants_job", "job_id"),
 )

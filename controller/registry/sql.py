@@ -5,6 +5,9 @@ into ``models_root/.incoming/``; then one transaction numbers the versions, rena
 into place and inserts the rows. If anything fails, the renamed directories are removed and
 the transaction rolls back, so no row points at a missing directory and no directory is left
 without a row. The path of a version comes only from its checked name and integer version.
+
+Entries of kind "variant" are device variants of a version (registry/variants.py): registered in
+the same transaction, after the models they may refer to.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,19 @@ from controller.registry.records import (
     check_name,
     parse_ref,
 )
-from controller.registry.schema import evaluations, metadata, models
+from controller.registry.schema import evaluations, metadata, models, variants
+from controller.registry.variants import (
+    META_FILE,
+    VariantEntry,
+    VariantRecord,
+    check_variant_entry,
+    deployable,
+    read_variants,
+    relative_dir,
+    replace_row,
+    resolve_model,
+    variant_record,
+)
 from controller.store import Conflict, NotFound
 from controller.validation import Invalid
 
@@ -56,6 +72,7 @@ class _Copy:
     directory: Path
     size_bytes: int
     sha256: str
+    listing: tuple[str, ...] = ()  # "path\0size\0sha256\n" per file, in the order hashed
 
 
 def _json_object(field: str, value: object) -> dict[str, Any]:
@@ -118,7 +135,20 @@ def _copy_hashing(source: Path, target: Path, field: str) -> _Copy:
             total += size
     if not listing:
         raise Invalid(f"{field}: {source} holds no files")
-    return _Copy(target, total, hashlib.sha256("".join(listing).encode()).hexdigest())
+    return _Copy(target, total, hashlib.sha256("".join(listing).encode()).hexdigest(), tuple(listing))
+
+
+def _rewrite_meta(copy: _Copy, meta: Mapping[str, Any]) -> _Copy:
+    """The copy with its top-level slmops-variant.json (re)written: its size, listing and digest."""
+    data = (json.dumps(dict(meta), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    (copy.directory / META_FILE).write_bytes(data)
+    line = f"{META_FILE}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n"
+    listing = [x for x in copy.listing if not x.startswith(META_FILE + "\0")]
+    top = [i for i, x in enumerate(listing) if "/" not in x.split("\0", 1)[0]]
+    at = next((i for i in top if listing[i] > line), top[-1] + 1 if top else 0)
+    listing.insert(at, line)
+    size = sum(int(x.split("\0")[1]) for x in listing)
+    return _Copy(copy.directory, size, hashlib.sha256("".join(listing).encode()).hexdigest(), tuple(listing))
 
 
 def _link_lineage(records: list[ModelRecord], checked: list[_Entry]) -> None:
@@ -170,31 +200,55 @@ class ModelRegistry:
     def register(self, entries: Sequence[Mapping[str, Any]], job_id: str = "") -> list[ModelRecord]:
         """Copy and record every entry, or none. With ``job_id``, registering again for the same
         job returns what that job registered (a controller that died right after registering
-        must not make the versions twice when the job resumes)."""
+        must not make the versions twice when the job resumes). Entries of kind "variant" are
+        device variants (registry/variants.py); the models are returned, not the variants."""
+        return self._register(entries, job_id)[0]
+
+    def _register(self, entries: Sequence[Mapping[str, Any]], job_id: str
+                  ) -> tuple[list[ModelRecord], list[VariantRecord]]:
         if not entries:
             raise Invalid("entries: nothing to register")
-        checked = [_check_entry(i, e) for i, e in enumerate(entries)]
-        if job_id and (done := self.by_job(job_id)):
-            return done
+        checked: list[_Entry] = []
+        vchecked: list[VariantEntry] = []
+        for i, e in enumerate(entries):
+            if isinstance(e, Mapping) and e.get("kind") == "variant":
+                vchecked.append(check_variant_entry(i, e))
+            else:
+                checked.append(_check_entry(i, e))
+        pairs = [(json.dumps(v.model, sort_keys=True), v.profile) for v in vchecked]
+        for v, pair in zip(vchecked, pairs, strict=True):
+            if pairs.count(pair) > 1:
+                raise Invalid(f"entries[{v.index}]: a second {v.profile} variant of the same model")
+        if job_id:
+            done, vdone = self.by_job(job_id), self.variants_by_job(job_id)
+            if done or vdone:
+                return done, vdone
         staging = Path(tempfile.mkdtemp(dir=self._incoming, prefix="reg-"))
         try:
             copies = [_copy_hashing(e.source, staging / str(i), f"entries[{i}].path")
                       for i, e in enumerate(checked)]
-            return self._commit(checked, copies, job_id)
+            vcopies = [_copy_hashing(v.source, staging / f"v{v.index}", f"entries[{v.index}].path")
+                       for v in vchecked]
+            return self._commit(checked, copies, job_id, vchecked, vcopies)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _commit(self, checked: list[_Entry], copies: list[_Copy], job_id: str) -> list[ModelRecord]:
+    def _commit(self, checked: list[_Entry], copies: list[_Copy], job_id: str,
+                vchecked: Sequence[VariantEntry] = (), vcopies: Sequence[_Copy] = ()
+                ) -> tuple[list[ModelRecord], list[VariantRecord]]:
         placed: list[Path] = []
         made_parents: list[Path] = []
+        displaced: list[tuple[Path, Path]] = []  # (an old variant moved aside, where it was)
         try:
             with self._db.write() as conn:
                 self._db.serialize(conn, _VERSIONS_LOCK)  # versions are numbered one at a time
                 if job_id:
                     done = conn.execute(select(models).where(models.c.job_id == job_id)
                                         .order_by(models.c.name, models.c.version)).all()
-                    if done:
-                        return [_record(r) for r in done]
+                    vdone = conn.execute(select(variants).where(variants.c.job_id == job_id)
+                                         .order_by(variants.c.id)).all()
+                    if done or vdone:
+                        return [_record(r) for r in done], [variant_record(r) for r in vdone]
                 next_version: dict[str, int] = {}
                 records = []
                 now = int(time.time() * 1000)
@@ -225,21 +279,63 @@ class ModelRegistry:
                     values = {**record.__dict__, "metrics": json.dumps(record.metrics),
                               "lineage": json.dumps(record.lineage)}
                     conn.execute(insert(models).values(values))
-            return records
+                registered = {e.name: (r.name, r.version) for e, r in zip(checked, records, strict=True)}
+                vrecords = [self._place_variant(conn, entry, copy, registered, job_id, now, placed,
+                                                made_parents, displaced)
+                            for entry, copy in zip(vchecked, vcopies, strict=True)]
+            for old, _where in displaced:
+                shutil.rmtree(old, ignore_errors=True)
+            return records, vrecords
         except IntegrityError as e:
-            self._undo(placed, made_parents)
+            self._undo(placed, made_parents, displaced)
             raise Conflict(f"another registration took a version of "
-                           f"{', '.join(sorted({c.name for c in checked}))} meanwhile; "
-                           "register again") from e
+                           f"{', '.join(sorted({c.name for c in checked}))} (or a variant of it) "
+                           "meanwhile; register again") from e
         except BaseException:
-            self._undo(placed, made_parents)
+            self._undo(placed, made_parents, displaced)
             raise
 
+    def _place_variant(self, conn: Any, entry: VariantEntry, copy: _Copy,
+                       registered: Mapping[str, tuple[str, int]], job_id: str, now: int, placed: list[Path],
+                       made_parents: list[Path], displaced: list[tuple[Path, Path]]) -> VariantRecord:
+        name, version = resolve_model(conn, entry, registered, self.models_root)
+        relative = relative_dir(name, version, entry.profile)
+        built = _read_meta(copy.directory)  # the builder's; the row's facts win where they differ
+        gate = built.get("gate") if isinstance(built.get("gate"), dict) else {}
+        meta = {**built, "model": f"{name}:{version}", "profile": entry.profile, "precision": entry.precision,
+                "provider": entry.provider, "runtime": entry.runtime, "build": entry.build,
+                "metrics": entry.metrics, "gate": {**gate, "status": entry.status, "reason": entry.reason}}
+        copy = _rewrite_meta(copy, meta)
+        final = self.models_root / relative
+        for parent in reversed(final.parents):
+            if parent.is_relative_to(self.models_root) and parent != self.models_root and not parent.exists():
+                parent.mkdir()
+                made_parents.append(parent)
+        if final.exists():  # built before: the new one takes its place once this commits
+            aside = self._incoming / f"old-{uuid.uuid4().hex[:12]}"
+            os.rename(final, aside)
+            displaced.append((aside, final))
+        os.rename(copy.directory, final)
+        placed.append(final)
+        record = VariantRecord(name=name, version=version, profile=entry.profile, precision=entry.precision,
+                               provider=entry.provider, runtime=entry.runtime, status=entry.status,
+                               reason=entry.reason, size_bytes=copy.size_bytes, sha256=copy.sha256,
+                               path=relative, metrics=entry.metrics, build=entry.build, created_at_ms=now,
+                               job_id=job_id)
+        replace_row(conn, record)
+        return record
+
     @staticmethod
-    def _undo(placed: list[Path], made_parents: list[Path]) -> None:
+    def _undo(placed: list[Path], made_parents: list[Path],
+              displaced: Sequence[tuple[Path, Path]] = ()) -> None:
         for directory in placed:
             shutil.rmtree(directory, ignore_errors=True)
-        for parent in made_parents:
+        for old, where in reversed(displaced):
+            try:
+                os.rename(old, where)
+            except OSError:
+                shutil.rmtree(old, ignore_errors=True)
+        for parent in reversed(made_parents):
             try:
                 parent.rmdir()
             except OSError:
@@ -299,3 +395,51 @@ class ModelRegistry:
                 select(evaluations).where(evaluations.c.name == record.name,
                                           evaluations.c.version == record.version)
                 .order_by(evaluations.c.created_at_ms, evaluations.c.id))]
+
+    # device variants
+    def add_variants(self, ref: str, entries: Sequence[Mapping[str, Any]],
+                     job_id: str = "") -> list[VariantRecord]:
+        """Record variants of the version ``ref`` (entries as in a registration, kind "variant",
+        without "model"), all or none; a profile built before is replaced."""
+        record = self.get(ref)
+        if not entries:
+            raise Invalid("entries: no variants to add")
+        linked = [{**e, "kind": "variant", "model": {"registered": record.ref}} for e in entries]
+        return self._register(linked, job_id)[1]
+
+    def variants(self, ref: str) -> list[VariantRecord]:
+        """Every variant of the version ``ref``, passed or failed, by profile name."""
+        record = self.get(ref)
+        with self._db.read() as conn:
+            return read_variants(conn, record.name, record.version)
+
+    def variants_by_job(self, job_id: str) -> list[VariantRecord]:
+        with self._db.read() as conn:
+            return [variant_record(r) for r in conn.execute(
+                select(variants).where(variants.c.job_id == job_id).order_by(variants.c.id))]
+
+    def variant(self, ref: str, profile: str) -> VariantRecord:
+        """The variant of ``ref`` for ``profile``, whatever its status; NotFound if never built."""
+        found = [v for v in self.variants(ref) if v.profile == profile]
+        if not found:
+            raise NotFound(f"{self.get(ref).ref} has no variant for profile {profile!r}; build it with "
+                           f"`slmops build {self.get(ref).ref} --profiles {profile}`")
+        return found[0]
+
+    def deployable_variant(self, ref: str, profile: str) -> VariantRecord:
+        """The variant of ``ref`` for ``profile`` that passed its gates. Raises NotDeployable
+        (a NotFound) saying why there is none: never built, or failed (with its reason)."""
+        record = self.get(ref)
+        return deployable(self.variants(record.ref), record.ref, profile)
+
+    def variant_path(self, variant: VariantRecord) -> Path:
+        """The variant's directory, from its checked name, integer version and profile only."""
+        return self.models_root / relative_dir(variant.name, variant.version, variant.profile)
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}

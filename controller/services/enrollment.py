@@ -14,6 +14,7 @@ import grpc
 
 from agent.enrollment_proof import proofs_equal, request_proof, response_proof
 from controller import validation
+from controller.build.profiles import ProfileSet
 from controller.pki import SERVER_NAME, CertificateAuthority
 from controller.profiles import match_profile
 from controller.services.common import hardware_to_dict, maps_errors, now_ms
@@ -42,8 +43,10 @@ class NonceCache:
 
 
 class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServiceServicer):
-    def __init__(self, store: FleetStore, ca: CertificateAuthority, signing_public_key: bytes) -> None:
+    def __init__(self, store: FleetStore, ca: CertificateAuthority, signing_public_key: bytes,
+                 profiles: ProfileSet | None = None) -> None:
         self._store, self._ca, self._signing_public_key = store, ca, signing_public_key
+        self._profiles = profiles  # None: the built-in ones
         self._nonces = NonceCache(2 * MAX_CLOCK_SKEW_MS)
         self._lock = asyncio.Lock()
 
@@ -82,7 +85,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServiceServicer):
         hardware = hardware_to_dict(request.hardware)
         record = DeviceRecord(
             id=device_id, name=request.name, labels=labels, hardware=hardware,
-            profile=match_profile(hardware), agent_version=request.agent_version,
+            profile=match_profile(hardware, self._profiles), agent_version=request.agent_version,
             cert_serial=issued.serial_hex, enrolled_at_ms=now,
         )
         async with self._lock:  # token use counting is one transaction; keep them in order

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from controller import validation
+from controller.build.profiles import ProfileSet
 from controller.hub import Hub, Session
 from controller.ingest import IngestWriter
 from controller.profiles import match_profile
@@ -78,8 +79,10 @@ def benchmark_to_record(device_id: str, report: fleet_pb2.BenchmarkReport,
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter) -> None:
+    def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter,
+                 profiles: ProfileSet | None = None) -> None:
         self._store, self._hub, self._ingest = store, hub, ingest
+        self._profiles = profiles  # None: the built-in ones
 
     async def Connect(
         self, request_iterator: AsyncIterator[fleet_pb2.ConnectRequest],
@@ -104,7 +107,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         hardware = hardware_to_dict(hello.hardware)
         device = await self._ingest.run_in_writer(
             self._store.record_hello, device.id, hardware, hello.agent_version,
-            match_profile(hardware), now_ms(),
+            match_profile(hardware, self._profiles), now_ms(),
         )
         session = self._hub.attach(device.id)
         session.last_seen_ms = now_ms()

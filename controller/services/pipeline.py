@@ -1,7 +1,9 @@
-"""PipelineService: jobs and the model registry for the operator. Admin certificate only.
+"""PipelineService: jobs, the model registry and device variants for the operator. Admin
+certificate only.
 
 Thin: it checks what arrives, receives uploads, and turns protos into JobManager and
-ModelRegistry calls and back.
+ModelRegistry calls and back. A build runs as a job of one ``build`` step (steps/build.py); the
+device profiles it may name are the controller's (built-in plus its profiles file).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 import grpc
 
 from controller import validation
+from controller.build.profiles import DeviceProfile, ProfileError, ProfileSet, builtin_profiles
 from controller.jobs import STATUSES, JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
 from controller.jobs.store import check_job_id
 from controller.pipeline.jsonl import DataError, read_jsonl
-from controller.registry import EvaluationRecord, ModelRecord, ModelRegistry
+from controller.registry import EvaluationRecord, ModelRecord, ModelRegistry, VariantRecord
 from controller.services.common import (
     maps_errors_with,
     maps_stream_errors_with,
@@ -32,6 +35,9 @@ MAX_RECIPE_BYTES = 1024 * 1024
 MAX_LIST = 1000
 EVAL_DATA_KEY = "eval-data.jsonl"  # the uploaded file's name inside an eval job's recipe
 EVAL_FIELDS = ("id", "intent", "prompt", "answer")
+BUILD_DATA_KEY = "build-data.jsonl"  # the uploaded file's name inside a build job's recipe
+BUILD_FIELDS = ("intent", "prompt", "answer")
+MAX_BUILD_ROWS = 100_000
 
 
 def _status(e: Exception) -> grpc.StatusCode | None:
@@ -59,7 +65,8 @@ def job_to_proto(job: JobRecord) -> pipeline_pb2.Job:
     )
 
 
-def model_to_proto(m: ModelRecord, evaluations: Sequence[EvaluationRecord] = ()) -> pipeline_pb2.Model:
+def model_to_proto(m: ModelRecord, evaluations: Sequence[EvaluationRecord] = (),
+                   variants: Sequence[VariantRecord] = ()) -> pipeline_pb2.Model:
     return pipeline_pb2.Model(
         name=m.name, version=m.version, kind=m.kind, params=m.params, size_bytes=m.size_bytes,
         metrics_json=json.dumps(m.metrics), lineage_json=json.dumps(m.lineage),
@@ -67,7 +74,26 @@ def model_to_proto(m: ModelRecord, evaluations: Sequence[EvaluationRecord] = ())
         evaluations=[pipeline_pb2.Evaluation(eval_name=e.eval_name, metrics_json=json.dumps(e.metrics),
                                              created_at_ms=e.created_at_ms, job_id=e.job_id)
                      for e in evaluations],
+        variants=[variant_to_proto(v) for v in variants],
     )
+
+
+def variant_to_proto(v: VariantRecord) -> pipeline_pb2.Variant:
+    return pipeline_pb2.Variant(
+        profile=v.profile, precision=v.precision, provider=v.provider, runtime=v.runtime, status=v.status,
+        reason=v.reason, size_bytes=v.size_bytes, sha256=v.sha256, metrics_json=json.dumps(v.metrics),
+        build_json=json.dumps(v.build), created_at_ms=v.created_at_ms, job_id=v.job_id)
+
+
+def profile_to_proto(p: DeviceProfile) -> pipeline_pb2.DeviceProfile:
+    m, b, g = p.match, p.build, p.gates
+    return pipeline_pb2.DeviceProfile(
+        name=p.name, description=p.description, source=p.source, arch=list(m.arch),
+        isa_flags=list(m.isa_flags), min_memory_bytes=m.min_memory_bytes, accelerator=m.accelerator,
+        min_accelerator_memory_bytes=m.min_accelerator_memory_bytes, precision=b.precision,
+        provider=b.provider, block_size=b.block_size, accuracy_level=b.accuracy_level,
+        int8_scheme=b.int8_scheme, max_accuracy_drop=g.max_accuracy_drop,
+        min_tokens_per_s=g.min_tokens_per_s, max_memory_bytes=g.max_memory_bytes)
 
 
 async def _first(requests: AsyncIterator[Any], what: str) -> Any:
@@ -88,8 +114,10 @@ async def _receive(requests: AsyncIterator[Any], upload: Upload) -> dict[str, st
 
 
 class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
-    def __init__(self, manager: JobManager, registry: ModelRegistry) -> None:
+    def __init__(self, manager: JobManager, registry: ModelRegistry,
+                 profiles: ProfileSet | None = None) -> None:
         self._manager, self._registry = manager, registry
+        self._profiles = profiles or builtin_profiles()
 
     def _resolve(self, refs: Sequence[str]) -> dict[str, Path]:
         """Registry references as written -> their directories (NotFound names the missing)."""
@@ -167,7 +195,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         await require_admin(context)
         record = await asyncio.to_thread(self._registry.get, request.ref)
         evaluations = await asyncio.to_thread(self._registry.evaluations, record.ref)
-        return pipeline_pb2.GetModelResponse(model=model_to_proto(record, evaluations))
+        variants = await asyncio.to_thread(self._registry.variants, record.ref)
+        return pipeline_pb2.GetModelResponse(model=model_to_proto(record, evaluations, variants))
 
     @_maps_errors
     async def EvaluateModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
@@ -193,6 +222,81 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             upload.discard()
             raise
         return pipeline_pb2.EvaluateModelResponse(job=job_to_proto(job))
+
+
+    # device variants
+    @_maps_errors
+    async def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        return pipeline_pb2.ListProfilesResponse(profiles=[profile_to_proto(p) for p in self._profiles])
+
+    @_maps_errors
+    async def BuildModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        from controller.pipeline.steps.build import build_recipe_text
+
+        await require_admin(context)
+        spec = await _first(request_iterator, "build")
+        if not spec.ref:
+            raise validation.Invalid("ref: which model to build, e.g. support-student:2")
+        target = (await asyncio.to_thread(self._registry.get, spec.ref)).ref
+        try:
+            chosen = self._profiles.select(list(spec.profiles))
+        except ProfileError as e:
+            raise validation.Invalid(f"{e}; this controller's profiles: {', '.join(self._profiles.names)}") \
+                from None
+        gates = _gate_limits(spec.gates)
+        max_new_tokens = validation.int_range("max_new_tokens", spec.max_new_tokens or 64, 1, 4096)
+        test_rows = validation.int_range("test_rows", spec.test_rows or 100, 1, MAX_BUILD_ROWS)
+        threads = validation.int_range("threads", spec.threads, 0, 1024)
+        upload = Upload(self._manager.jobs_root)
+        try:
+            names = await _receive(request_iterator, upload)
+            if len(names) > 1:
+                raise validation.Invalid(f"files: send at most one data file, not {len(names)}")
+            inputs: dict[str, str] = {}
+            if names:
+                (data_name, digest), = names.items()
+                await asyncio.to_thread(_check_build_data, data_name, upload.dir / digest)
+                inputs = {BUILD_DATA_KEY: digest}
+            text = build_recipe_text(target, chosen, data=BUILD_DATA_KEY if inputs else None, gates=gates,
+                                     max_new_tokens=max_new_tokens, test_rows=test_rows, threads=threads)
+            recipe = await asyncio.to_thread(specs.check_recipe, text, "build recipe")
+            models = await asyncio.to_thread(self._resolve, recipe.registry_refs)
+            job = await self._manager.submit(Submission("build", recipe, upload, inputs, models,
+                                                        target=target))
+        except BaseException:
+            upload.discard()
+            raise
+        return pipeline_pb2.BuildModelResponse(job=job_to_proto(job))
+
+
+def _gate_limits(limits: pipeline_pb2.GateLimits) -> dict[str, float]:
+    """The gate overrides that were set, checked, in the build step's terms."""
+    out: dict[str, float] = {}
+    for field, key, scale in (("max_accuracy_drop", "max_accuracy_drop", 1.0),
+                              ("min_tokens_per_s", "min_tokens_per_s", 1.0),
+                              ("max_memory_bytes", "max_memory_mb", 1 / 2**20)):
+        if limits.HasField(field):
+            value = float(getattr(limits, field))
+            if not value >= 0 or value == float("inf"):
+                raise validation.Invalid(f"gates.{field}: {value} must be a finite number >= 0")
+            if field == "max_accuracy_drop" and value > 100:
+                raise validation.Invalid(f"gates.{field}: {value} points is more than 100")
+            out[key] = value * scale
+    return out
+
+
+def _check_build_data(name: str, path: Path) -> None:
+    try:
+        rows = read_jsonl(path, required=BUILD_FIELDS)
+    except DataError as e:
+        raise validation.Invalid(f"files[{name}]" + str(e).removeprefix(str(path))) from None
+    if not rows:
+        raise validation.Invalid(f"files[{name}]: no examples; each line is a JSON object with "
+                                 f"{', '.join(BUILD_FIELDS)}")
+    if len(rows) > MAX_BUILD_ROWS:
+        raise validation.Invalid(f"files[{name}]: {len(rows)} examples; a build checks at most "
+                                 f"{MAX_BUILD_ROWS}")
 
 
 def _check_eval_data(name: str, path: Path) -> None:

@@ -1,0 +1,121 @@
+"""The child process that runs a variant on a held-out set with the runtime a device runs, so its
+peak memory is the runtime's own (no torch, no transformers in this process):
+
+    python -m controller.build.measure --variant DIR --runtime onnxruntime-genai|onnxruntime
+                                       --rows FILE --max-new-tokens N [--threads T]
+
+onnxruntime-genai variants run on the agent's own engine (``agent.engine.Engine``, greedy
+``SamplingParams``); fallback variants on ort_decode.OrtDecoder. Every prompt is answered alone,
+in order, and timed. stdout: one JSON object per line, {"type": "progress"|"result", ...}; the
+result holds each answer (cleaned as the PyTorch harness cleans its own), tokens, seconds and
+time to first token, the load time, and ``peak_memory_bytes`` (VmHWM of this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODULE = "controller.build.measure"
+RUNTIMES = ("onnxruntime-genai", "onnxruntime")
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+class _GenaiRunner:
+    def __init__(self, variant: Path, threads: int | None) -> None:
+        from agent.engine import Engine, SamplingParams
+
+        self.engine = Engine.load(variant, threads=threads)
+        self.params = SamplingParams
+        self.context = self.engine.info.context_length
+
+    def answer(self, prompt: str, max_new_tokens: int) -> tuple[str, int, float, float]:
+        text = self.engine.chat_prompt([{"role": "user", "content": prompt}])
+        room = self.context - len(self.engine.encode(text))
+        if room < 1:
+            raise ValueError(f"a prompt of the data set does not fit this model's context "
+                             f"({self.context} tokens): {prompt[:60]!r}")
+        params = self.params(max_tokens=min(max_new_tokens, room), temperature=0.0)
+        started = time.perf_counter()
+        first = 0.0
+        stream = self.engine.stream(text, params)
+        pieces = []
+        for piece in stream:
+            if not pieces:
+                first = time.perf_counter() - started
+            pieces.append(piece.text)
+        total = time.perf_counter() - started
+        return "".join(pieces), stream.completion_tokens, first or total, total
+
+
+class _OrtRunner:
+    def __init__(self, variant: Path, threads: int | None) -> None:
+        from controller.build.ort_decode import OrtDecoder
+
+        self.decoder = OrtDecoder(variant, threads=threads)
+
+    def answer(self, prompt: str, max_new_tokens: int) -> tuple[str, int, float, float]:
+        out = self.decoder.generate(self.decoder.chat_prompt(prompt), max_new_tokens)
+        return out.text, len(out.ids), out.first_token_s, out.total_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", required=True, type=Path)
+    parser.add_argument("--runtime", required=True, choices=RUNTIMES)
+    parser.add_argument("--rows", required=True, type=Path)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+
+    from controller.pipeline import chat
+    from controller.pipeline.evaluate.measure import proc_status_bytes
+    from controller.pipeline.jsonl import DataError, read_jsonl
+
+    try:
+        rows = read_jsonl(args.rows, required=("prompt",))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.runtime == "onnxruntime-genai":
+        import onnxruntime_genai  # noqa: F401 - loaded before the baseline, so it counts as runtime
+    else:
+        import onnxruntime  # noqa: F401
+    baseline = proc_status_bytes("VmRSS")
+    started = time.perf_counter()
+    try:
+        runner: Any = (_GenaiRunner if args.runtime == "onnxruntime-genai" else _OrtRunner)(
+            args.variant, args.threads)
+    except (ValueError, RuntimeError) as e:  # VariantError, DecodeError: the message names the file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    load_seconds = time.perf_counter() - started
+    answers, tokens, seconds, first = [], [], [], []
+    try:
+        for number, row in enumerate(rows, start=1):
+            text, count, first_s, total_s = runner.answer(row["prompt"], args.max_new_tokens)
+            answers.append(chat.clean_answer(text))
+            tokens.append(count)
+            seconds.append(total_s)
+            first.append(first_s)
+            _emit({"type": "progress", "task": "check", "done": number, "total": len(rows), "unit": "prompt"})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _emit({"type": "result", "result": {
+        "answers": answers, "tokens": tokens, "seconds": seconds, "first_token_s": first,
+        "load_seconds": load_seconds, "peak_memory_bytes": proc_status_bytes("VmHWM"),
+        "baseline_memory_bytes": baseline, "threads": args.threads or 0, "runtime": args.runtime}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
