@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from controller.cli import views
+from controller.cli import bench_view, views
 from controller.cli.output import CliError, console, emit, json_option, table
 from controller.cli.pipeline_client import PipelineClient
-from protos import pipeline_pb2
+from protos import admin_pb2, pipeline_pb2
 
 
 @click.group()
@@ -69,6 +69,9 @@ def _show(m: dict[str, Any]) -> None:
         console.print_json(json.dumps(e["metrics"]))
     if m["variants"]:
         variants_table(m["ref"], m["variants"])
+    if m.get("benchmarks"):
+        table(f"benchmarks on devices (latest {len(m['benchmarks'])})", bench_view.COLUMNS,
+              [bench_view.row(b) for b in m["benchmarks"]])
 
 
 def _fmt(x: Any, spec: str, suffix: str = "") -> str:
@@ -99,11 +102,16 @@ def variants_table(ref: str, variants: list[dict[str, Any]]) -> None:
 @json_option
 @click.pass_obj
 def show(obj: dict, ref: str, as_json: bool) -> None:
-    """One version (NAME, NAME:VERSION or NAME:latest): lineage, metrics, evaluations and its
-    device variants (profile, size, accuracy against fp32, tokens/s, passed or failed and why)."""
+    """One version (NAME, NAME:VERSION or NAME:latest): lineage, metrics, evaluations, its
+    device variants (profile, size, accuracy against fp32, tokens/s, passed or failed and why)
+    and the benchmarks devices ran on it."""
     client = PipelineClient(obj["config"])
     m = client.call(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=ref)).model
-    emit(views.model(m), as_json, _show)
+    view = views.model(m)
+    found = client.call(client.stub.ListBenchmarks,
+                        admin_pb2.ListBenchmarksRequest(model=view["ref"], limit=20))
+    view["benchmarks"] = [bench_view.benchmark(b) for b in found.benchmarks]
+    emit(view, as_json, _show)
 
 
 def _metrics_of(m: dict[str, Any], evaluation: str) -> dict[str, Any]:
