@@ -332,3 +332,38 @@ def test_profiles_list_refuses_a_bad_file_naming_the_field(tmp_path: Path) -> No
     assert result.exit_code == 2
     error = json.loads(result.stdout)["error"]
     assert error["code"] == "invalid_argument" and "profiles[0].build.provider: 'tpu'" in error["message"]
+
+
+CUSTOM = """profiles:
+  - name: lab-x86-int4
+    match: {arch: [x86_64]}
+    build: {precision: int4, provider: cpu}
+"""
+
+
+@pytest.mark.integration
+def test_controller_start_takes_a_profiles_file_and_matches_devices_with_it(tmp_path: Path) -> None:
+    from procs import ProcessHarness
+
+    procs = ProcessHarness(tmp_path)
+    try:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(CUSTOM.replace("int4", "int3"))
+        result = procs.cli_result("controller", "start", "--data-dir", str(tmp_path / "c0"),
+                                  "--profiles", str(bad))
+        assert result.returncode == 2 and "profiles[0].build.precision" in result.stdout + result.stderr
+        good = tmp_path / "custom.yaml"
+        good.write_text(CUSTOM)
+        procs.start_controller(extra=("--profiles", str(good)))
+        names = [p["name"] for p in procs.cli("profiles", "list")["profiles"]]
+        assert names[0] == "lab-x86-int4" and "cpu-fp32" in names
+        token = procs.create_token(uses=1)["token"]
+        agent = procs.start_agent("edge-1", token=token)
+        device = procs.wait_until(agent.device_id, 30, "edge-1 to enroll")
+        shown = procs.cli("devices", "show", device)
+        if shown["hardware"]["arch"] == "x86_64":  # the custom profile matches every x86 device
+            assert shown["profile"] == "lab-x86-int4"
+        else:
+            assert shown["profile"] != "lab-x86-int4"
+    finally:
+        procs.cleanup()
