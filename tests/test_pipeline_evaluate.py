@@ -30,39 +30,15 @@ def train_fixed_answer_model(root: Path, answer: str = FIXED_ANSWER, steps: int 
     """A tiny Llama (modelkit "tiny", small vocabulary) trained for a few seconds to answer every
     prompt with ``answer`` and then end: a model whose output a test can predict. Shared with
     test_pipeline_teachers."""
-    import torch
+    from tinytrain import train_on_answers
 
-    from controller.pipeline.modelkit import build_model, load_model, train_tokenizer
+    from controller.pipeline.modelkit import build_model, train_tokenizer
 
-    torch.manual_seed(0)
     prompts = [f"where is order {n}? I ordered it on day {n % 7}" for n in range(40)]
     train_tokenizer([chat.full_text(p, answer) for p in prompts], root / "tokenizer", vocab_size=300)
     build_model("tiny", root / "tokenizer", root / "untrained")
-    model, tokenizer = load_model(root / "untrained", device="cpu")
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
-        batch = prompts[(step * 8) % len(prompts):][:8]
-        ids, labels = [], []
-        for prompt in batch:
-            head = tokenizer(chat.prompt_text(prompt), add_special_tokens=False)["input_ids"]
-            full = tokenizer(chat.full_text(prompt, answer), add_special_tokens=False)["input_ids"]
-            ids.append(full)
-            labels.append([-100] * len(head) + full[len(head):])
-        width = max(map(len, ids))
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
-        label_ids = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=label_ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    out = root / "model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return train_on_answers(root / "untrained", root / "model", [(p, answer) for p in prompts],
+                            steps=steps, batch=8)
 
 
 @pytest.fixture(scope="module")

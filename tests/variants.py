@@ -46,41 +46,18 @@ class TinyVariants:
 def train_support_model(root: Path, steps: int = TRAIN_STEPS) -> Path:
     """A tiny Llama (modelkit "tiny", 400-token vocabulary) trained for ``steps`` steps on the
     support task: not accurate, but its answers have the task's shape and end with <|end|>."""
-    import torch
+    from tinytrain import train_on_answers
 
     from controller.pipeline import chat
-    from controller.pipeline.modelkit import build_model, load_model, train_tokenizer
+    from controller.pipeline.modelkit import build_model, train_tokenizer
     from controller.pipeline.task import support
 
-    torch.manual_seed(0)
     rows = support.generate("train", TRAIN_ROWS, seed=0)
     texts = [chat.full_text(r["prompt"], r["answer"]) for r in rows]
     train_tokenizer(texts, root / "tokenizer", vocab_size=400)
     build_model("tiny", root / "tokenizer", root / "untrained")
-    model, tokenizer = load_model(root / "untrained", device="cpu")
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    examples = []
-    for row in rows:
-        head = tokenizer(chat.prompt_text(row["prompt"]), add_special_tokens=False)["input_ids"]
-        full = tokenizer(chat.full_text(row["prompt"], row["answer"]), add_special_tokens=False)["input_ids"]
-        examples.append((full, [-100] * len(head) + full[len(head):]))
-    pad = tokenizer.pad_token_id
-    for step in range(steps):
-        batch = [examples[(step * BATCH + i) % len(examples)] for i in range(BATCH)]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    out = root / "model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return train_on_answers(root / "untrained", root / "model", [(r["prompt"], r["answer"]) for r in rows],
+                            steps=steps, batch=BATCH)
 
 
 def build_variant(model_dir: Path, out_dir: Path, precision: str) -> Path:

@@ -1,5 +1,6 @@
-"""The agent's inference engine: a model variant (onnxruntime-genai layout) loaded and run on
-this device, with the model's own chat template and OpenAI-style sampling parameters.
+"""The agent's inference engine: a model variant loaded and run on this device (onnxruntime-genai,
+or a plain onnxruntime decode loop for the fallback route's variants), with the model's own chat
+template and OpenAI-style sampling parameters.
 
     engine = Engine.load(Path("variants/support-int4"))
     for piece in engine.stream(engine.chat_prompt([{"role": "user", "content": "hi"}]),

@@ -6,7 +6,7 @@ do it): ``Tokenizer.decode`` stops at the first bad byte, and ``TokenizerStream`
 character after it. For byte-level BPE tokenizers (the GPT-2 family, and every model slmops
 trains) this module decodes the way the tokenizers library and training do: each token is its
 bytes, joined and read as UTF-8 with U+FFFD for bad bytes, nothing lost. Other tokenizers fall
-back to onnxruntime-genai's stream.
+back to onnxruntime-genai's stream (or, for plain onnxruntime variants, the tokenizers library's).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import codecs
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, Protocol
+
+from tokenizers.decoders import DecodeStream
 
 
 class Detokenizer(Protocol):
@@ -94,6 +96,21 @@ class GenaiStream:
 
     def step(self, token: int) -> str:
         return str(self._stream.decode(token))
+
+    def flush(self) -> str:
+        return ""
+
+
+class TokenizersStream:
+    """The tokenizers library's own incremental decoder (plain onnxruntime variants whose
+    tokenizer is not byte-level), special tokens skipped."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token: int) -> str:
+        return self._stream.step(self._tokenizer, token) or ""
 
     def flush(self) -> str:
         return ""

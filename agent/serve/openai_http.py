@@ -242,8 +242,10 @@ class Server:
             if chat:
                 await response.write(chunks.role())
             try:
-                async for piece in bridge:
-                    await response.write(chunks.text(piece.text))
+                async for batch in bridge.batches():
+                    text = "".join(piece.text for piece in batch)
+                    if text:  # a token can end inside a UTF-8 character: nothing to send yet
+                        await response.write(chunks.text(text))
             except ConnectionResetError:
                 raise
             except Exception as e:  # the generation failed after the 200 went out: say so in-band

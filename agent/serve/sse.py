@@ -32,15 +32,30 @@ class Bridge:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, _Done(error))
 
     async def __aiter__(self) -> AsyncIterator[Piece]:
+        async for batch in self.batches():
+            for piece in batch:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[Piece]]:
+        """The pieces in order, grouped: each batch is what arrived while the last one was being
+        written, so a slow reader gets fewer, larger chunks instead of falling behind."""
         while True:
+            batch: list[Piece] = []
             item = await self._queue.get()
-            if isinstance(item, _Done):
-                if item.error is not None:
-                    raise item.error
-                return
-            if self.first_at is None:
-                self.first_at = time.perf_counter()
-            yield item
+            while True:
+                if isinstance(item, _Done):
+                    if batch:
+                        yield batch
+                    if item.error is not None:
+                        raise item.error
+                    return
+                if self.first_at is None:
+                    self.first_at = time.perf_counter()
+                batch.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            yield batch
 
 
 def event(data: Any) -> bytes:

@@ -7,7 +7,8 @@ runtime a device runs, and gated before it may be deployed.
   onnxruntime-genai model builder; optimum_export.py, the fallback for other architectures;
   quantize.py, onnxruntime's quantizers for what a route can't build directly);
 - check.py: a variant measured on a held-out set against the PyTorch fp32 model, in a child
-  process (measure.py) running the agent's engine, or ort_decode.py for fallback variants;
+  process (measure.py) running the agent's engine (onnxruntime-genai, or for fallback variants
+  its plain onnxruntime loop);
 - gates.py: the profile's gates on those measurements -> passed or failed, with the reason;
 - variants.py: all of it for a list of profiles (the ``build`` step and ``slmops build``).
 

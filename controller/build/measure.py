@@ -4,11 +4,14 @@ peak memory is the runtime's own (no torch, no transformers in this process):
     python -m controller.build.measure --variant DIR --runtime onnxruntime-genai|onnxruntime
                                        --rows FILE --max-new-tokens N [--threads T]
 
-onnxruntime-genai variants run on the agent's own engine (``agent.engine.Engine``, greedy
-``SamplingParams``); fallback variants on ort_decode.OrtDecoder. Every prompt is answered alone,
-in order, and timed. stdout: one JSON object per line, {"type": "progress"|"result", ...}; the
-result holds each answer (cleaned as the PyTorch harness cleans its own), tokens, seconds and
-time to first token, the load time, and ``peak_memory_bytes`` (VmHWM of this process).
+Both kinds run on the agent's own engine (``agent.engine.Engine``, greedy ``SamplingParams``):
+onnxruntime-genai variants on onnxruntime-genai, fallback variants on its plain onnxruntime loop
+(agent/engine/ort_loop.py), so a variant is checked with exactly what a device will run. The
+prompt is the model's chat template, or chat.prompt_text when it has none (as the PyTorch harness
+does). Every prompt is answered alone, in order, and timed. stdout: one JSON object per line,
+{"type": "progress"|"result", ...}; the result holds each answer (cleaned as the PyTorch harness
+cleans its own), tokens, seconds and time to first token, the load time, and
+``peak_memory_bytes`` (VmHWM of this process).
 """
 
 from __future__ import annotations
@@ -29,16 +32,21 @@ def _emit(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-class _GenaiRunner:
-    def __init__(self, variant: Path, threads: int | None) -> None:
+class _Runner:
+    def __init__(self, variant: Path, runtime: str, threads: int | None) -> None:
         from agent.engine import Engine, SamplingParams
 
         self.engine = Engine.load(variant, threads=threads)
+        if self.engine.info.runtime != runtime:
+            raise ValueError(f"{variant} is a variant for {self.engine.info.runtime}, not {runtime}")
         self.params = SamplingParams
         self.context = self.engine.info.context_length
 
     def answer(self, prompt: str, max_new_tokens: int) -> tuple[str, int, float, float]:
-        text = self.engine.chat_prompt([{"role": "user", "content": prompt}])
+        from controller.pipeline import chat
+
+        text = (self.engine.chat_prompt([{"role": "user", "content": prompt}])
+                if self.engine.info.chat_template is not None else chat.prompt_text(prompt))
         room = self.context - len(self.engine.encode(text))
         if room < 1:
             raise ValueError(f"a prompt of the data set does not fit this model's context "
@@ -54,17 +62,6 @@ class _GenaiRunner:
             pieces.append(piece.text)
         total = time.perf_counter() - started
         return "".join(pieces), stream.completion_tokens, first or total, total
-
-
-class _OrtRunner:
-    def __init__(self, variant: Path, threads: int | None) -> None:
-        from controller.build.ort_decode import OrtDecoder
-
-        self.decoder = OrtDecoder(variant, threads=threads)
-
-    def answer(self, prompt: str, max_new_tokens: int) -> tuple[str, int, float, float]:
-        out = self.decoder.generate(self.decoder.chat_prompt(prompt), max_new_tokens)
-        return out.text, len(out.ids), out.first_token_s, out.total_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = proc_status_bytes("VmRSS")
     started = time.perf_counter()
     try:
-        runner: Any = (_GenaiRunner if args.runtime == "onnxruntime-genai" else _OrtRunner)(
-            args.variant, args.threads)
-    except (ValueError, RuntimeError) as e:  # VariantError, DecodeError: the message names the file
+        runner = _Runner(args.variant, args.runtime, args.threads)
+    except ValueError as e:  # VariantError names the file
         print(f"error: {e}", file=sys.stderr)
         return 2
     load_seconds = time.perf_counter() - started

@@ -4,7 +4,7 @@ GPT-NeoX, OPT, ...): optimum-onnx's exporter writes an fp32 decoder with a KV ca
 the architecture uses them, ``past_key_values.N.key/value``; outputs ``logits``, ``present.N.*``),
 and quantize.py makes int8 / int4 / fp16 of it. Such a variant has no ``genai_config.json``; its
 ``slmops-variant.json`` says ``"runtime": "onnxruntime"``: it is served by a plain onnxruntime
-decode loop (ort_decode.py is the controller's), not by onnxruntime-genai.
+decode loop (the agent's agent/engine/ort_loop.py), not by onnxruntime-genai.
 
 The export runs in a process of its own (``python -m controller.build.optimum_export --model DIR
 --out DIR``), like the genai builder, into a temporary directory renamed into place on success.
