@@ -334,7 +334,7 @@ def test_profiles_list_refuses_a_bad_file_naming_the_field(tmp_path: Path) -> No
     assert error["code"] == "invalid_argument" and "profiles[0].build.provider: 'tpu'" in error["message"]
 
 
-CUSTOM = """profiles:
+LAB_PROFILES = """profiles:
   - name: lab-x86-int4
     match: {arch: [x86_64]}
     build: {precision: int4, provider: cpu}
@@ -348,12 +348,12 @@ def test_controller_start_takes_a_profiles_file_and_matches_devices_with_it(tmp_
     procs = ProcessHarness(tmp_path)
     try:
         bad = tmp_path / "bad.yaml"
-        bad.write_text(CUSTOM.replace("int4", "int3"))
+        bad.write_text(LAB_PROFILES.replace("int4", "int3"))
         result = procs.cli_result("controller", "start", "--data-dir", str(tmp_path / "c0"),
                                   "--profiles", str(bad))
         assert result.returncode == 2 and "profiles[0].build.precision" in result.stdout + result.stderr
         good = tmp_path / "custom.yaml"
-        good.write_text(CUSTOM)
+        good.write_text(LAB_PROFILES)
         procs.start_controller(extra=("--profiles", str(good)))
         names = [p["name"] for p in procs.cli("profiles", "list")["profiles"]]
         assert names[0] == "lab-x86-int4" and "cpu-fp32" in names
