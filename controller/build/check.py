@@ -24,25 +24,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from controller.build.builder import RUNTIME_GENAI, VARIANT_META
 from controller.build.measure import MODULE as MEASURE_MODULE
+from controller.pipeline.child import ChildFailed, run_json_child
 from controller.pipeline.evaluate.metrics import percentile, summarize
 from controller.pipeline.events import Events
 from controller.pipeline.jsonl import write_atomic
 from controller.pipeline.modelkit.files import dir_size
-
-TAIL_CHARS = 2000
 
 
 class CheckError(RuntimeError):
@@ -197,54 +193,10 @@ def cpu_view(variant_dir: Path, view: Path) -> Path:
 
 def _run_child(command: list[str], variant_dir: Path, timeout_s: float | None,
                events: Events) -> dict[str, Any]:
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   stdin=subprocess.DEVNULL)
-        lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
-        reader.start()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        result: dict[str, Any] | None = None
-        try:
-            while True:
-                events.check_cancelled()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise CheckError(f"checking {variant_dir} ran past {timeout_s} s; stopped it"
-                                     f"{_tail(stderr)}")
-                try:
-                    line = lines.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                if line is None:
-                    break
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue  # a library printed to stdout
-                if not isinstance(message, dict):
-                    continue
-                if message.get("type") == "progress":
-                    events.progress("check", message.get("done", 0), message.get("total", 0), unit="prompt")
-                elif message.get("type") == "result":
-                    result = message["result"]
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            reader.join(timeout=5)
-        if process.returncode != 0 or result is None:
-            raise CheckError(f"running {variant_dir} on the held-out set failed (exit "
-                             f"{process.returncode}){_tail(stderr)}")
-    return result
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def _tail(stderr: IO[bytes]) -> str:
-    stderr.seek(0)
-    text = stderr.read().decode("utf-8", errors="replace").strip()
-    return f":\n{text[-TAIL_CHARS:]}" if text else " (no output on stderr)"
+    try:
+        return run_json_child(command, events, timeout_s)
+    except ChildFailed as e:
+        if e.timed_out:
+            raise CheckError(f"checking {variant_dir} ran past {timeout_s} s; stopped it{e.tail}") from None
+        raise CheckError(f"running {variant_dir} on the held-out set failed (exit {e.returncode})"
+                         f"{e.tail}") from None

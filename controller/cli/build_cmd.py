@@ -12,6 +12,7 @@ import click
 
 from controller.cli import views
 from controller.cli.client import DEADLINE_S
+from controller.cli.eval_cmd import check_data
 from controller.cli.follow import follow, interrupted, require_success
 from controller.cli.models_cmd import variants_table
 from controller.cli.output import CliError, console, emit, json_option, when
@@ -28,18 +29,6 @@ def _profile_names(text: str) -> list[str]:
         raise CliError("--profiles: name at least one profile, e.g. --profiles cpu-x86-avx2-int8,cpu-fp32 "
                        "(see `slmops profiles list`)", "invalid_argument", 2)
     return names
-
-
-def _check_data(path: Path) -> None:
-    from controller.pipeline.jsonl import DataError, read_jsonl
-
-    try:
-        rows = read_jsonl(path, required=FIELDS)
-    except DataError as e:
-        raise CliError(f"--data: {e}", "invalid_argument", 2) from None
-    if not rows:
-        raise CliError(f"--data: {path} holds no examples; each line is a JSON object with "
-                       f"{', '.join(FIELDS)}", "invalid_argument", 2)
 
 
 def _human(d: dict[str, Any]) -> None:
@@ -142,7 +131,7 @@ def build(obj: dict, ref: str, profiles_text: str, data: Path | None, max_accura
     Runs as a job on the controller and waits for it."""
     names = _profile_names(profiles_text)
     if data is not None:
-        _check_data(data)
+        check_data(data, FIELDS)
     for flag, value in (("--max-accuracy-drop", max_accuracy_drop), ("--min-tokens-per-s", min_tokens_per_s),
                         ("--max-memory-mb", max_memory_mb)):
         if value is not None and not value >= 0:

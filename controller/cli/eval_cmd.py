@@ -16,15 +16,15 @@ from controller.pipeline.jsonl import DataError, read_jsonl
 FIELDS = ("id", "intent", "prompt", "answer")
 
 
-def check_data(path: Path) -> int:
-    """The file is JSON lines with every field; the error names the file and the line."""
+def check_data(path: Path, fields: tuple[str, ...] = FIELDS) -> int:
+    """The file is JSON lines with every one of ``fields``; the error names the file and the line."""
     try:
-        rows = read_jsonl(path, required=FIELDS)
+        rows = read_jsonl(path, required=fields)
     except DataError as e:
         raise CliError(f"--data: {e}", "invalid_argument", 2) from None
     if not rows:
         raise CliError(f"--data: {path} holds no examples; each line is a JSON object with "
-                       f"{', '.join(FIELDS)}", "invalid_argument", 2)
+                       f"{', '.join(fields)}", "invalid_argument", 2)
     return len(rows)
 
 

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from controller.pipeline.child import ChildFailed, run_json_child
 from controller.pipeline.events import Events
 
 MODULE = "controller.pipeline.evaluate.measure"
@@ -48,64 +44,13 @@ def evaluate_isolated(model_ref: str | Path, rows_path: Path, *, adapter_dir: Pa
         command += ["--adapter-dir", str(adapter_dir)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
-        reader.start()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        result: dict[str, Any] | None = None
-        try:
-            while True:
-                events.check_cancelled()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise EvaluationError(f"evaluation of {model_ref} ran past {timeout_s} s; "
-                                          f"stopped it{_tail(stderr)}")
-                try:
-                    line = lines.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                if line is None:
-                    break
-                result = _relay(line, events) or result
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            reader.join(timeout=5)
-        if process.returncode != 0 or result is None:
-            raise EvaluationError(f"evaluation of {model_ref} failed (exit {process.returncode})"
-                                  f"{_tail(stderr)}")
-    return result
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def _relay(line: str, events: Events) -> dict[str, Any] | None:
     try:
-        message = json.loads(line)
-    except json.JSONDecodeError:
-        return None  # a library printed to stdout; not ours
-    if not isinstance(message, dict):
-        return None
-    kind = message.pop("type", None)
-    if kind == "progress":
-        events.progress(message.pop("task"), message.pop("done"), message.pop("total"), **message)
-    elif kind == "log":
-        events.log(message["message"])
-    elif kind == "result":
-        return message["result"]
-    return None
-
-
-def _tail(stderr: IO[bytes], limit: int = 2000) -> str:
-    stderr.seek(0)
-    text = stderr.read().decode("utf-8", errors="replace").strip()
-    return f":\n{text[-limit:]}" if text else " (no output on stderr)"
+        return run_json_child(command, events, timeout_s)
+    except ChildFailed as e:
+        if e.timed_out:
+            raise EvaluationError(f"evaluation of {model_ref} ran past {timeout_s} s; "
+                                  f"stopped it{e.tail}") from None
+        raise EvaluationError(f"evaluation of {model_ref} failed (exit {e.returncode}){e.tail}") from None
 
 
 # -- the child -----------------------------------------------------------------------------
