@@ -33,7 +33,8 @@ class InitModelParams:
     tokenizer_from: DataRef | None = param(None, "train a byte-level BPE tokenizer on this data "
                                                  "file's prompts and answers", columns=("prompt",))
     tokenizer_model: ModelRef | None = param(None, "reuse this model's tokenizer instead")
-    vocab_size: int = param(2048, "tokenizer vocabulary size (with tokenizer_from)")
+    vocab_size: int = param(2048, "largest tokenizer vocabulary (with tokenizer_from); a text with few "
+                                  "distinct words fills fewer")
 
     def __post_init__(self) -> None:
         if (self.tokenizer_from is None) == (self.tokenizer_model is None):
@@ -63,9 +64,11 @@ class InitModel(Step):
                 rows = read_jsonl(path, required=("prompt",))
                 texts = [r["prompt"] for r in rows]
                 texts += [r["answer"] for r in rows if isinstance(r.get("answer"), str)]
-                ctx.events.log(f"{ctx.task()}: training a {params.vocab_size}-token tokenizer on "
-                               f"{len(texts)} texts")
+                ctx.events.log(f"{ctx.task()}: training a tokenizer of at most {params.vocab_size} tokens "
+                               f"on {len(texts)} texts")
                 train_tokenizer(texts, tokenizer_dir, vocab_size=params.vocab_size)
+                ctx.events.log(f"{ctx.task()}: the tokenizer has {_vocab_size(tokenizer_dir)} tokens "
+                               "(digits stay single, so small task texts fill fewer)")
             lineage["data"] = {data_name(params.tokenizer_from): file_sha256(path)}
         else:
             assert params.tokenizer_model is not None
@@ -81,3 +84,11 @@ class InitModel(Step):
         lineage["seed"] = ctx.seed
         ctx.lineage["model"] = lineage
         return {"model": out}
+
+
+def _vocab_size(tokenizer_dir: Path) -> int:
+    import json
+
+    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    return len(spec["model"]["vocab"]) + sum(1 for t in spec.get("added_tokens", [])
+                                             if t["content"] not in spec["model"]["vocab"])
