@@ -1,8 +1,8 @@
 """Build Llama-architecture causal LMs from a named size, randomly initialised with a seed.
 
 The sizes stand in for a real teacher and student where no model hub is reachable: "teacher"
-is about 7 M parameters at a 2048-token vocabulary, "student" about 13 % of it and several
-times faster per token; "tiny" is for tests.
+is about 6–7 M parameters (at a 900–2048-token vocabulary), "student" about 9–13 % of it and
+several times faster per token; "tiny" is for tests.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class LlamaSize:
 
 
 SIZES: dict[str, LlamaSize] = {
-    # ~7.0 M parameters at vocab 2048 (1.0 M of them embedding + output layer).
+    # ~7.0 M parameters at vocab 2048 (1.0 M of them embedding + output layer), 6.2 M at 864.
     "teacher": LlamaSize(hidden_size=256, num_layers=8, num_heads=8, num_kv_heads=4,
                          intermediate_size=688),
-    # ~0.9 M parameters at vocab 2048: about 13 % of the teacher.
+    # ~0.9 M parameters at vocab 2048 (0.58 M at the demo's 864): 9-13 % of the teacher.
     "student": LlamaSize(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=344),
     # ~0.25 M parameters at vocab 2048 (fewer with the small vocabularies tests train).
