@@ -24,11 +24,12 @@ class BenchError(Exception):
     pass
 
 
-def vm_hwm_bytes(pid: int) -> int:
-    """Peak RSS as the kernel counts it (VmHWM), 0 if unreadable."""
+def vm_hwm_bytes(pid: int | str = "self", key: str = "VmHWM") -> int:
+    """Peak RSS as the kernel counts it (VmHWM; or another kB field of /proc/PID/status, such as
+    VmRSS), 0 if unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass

@@ -42,7 +42,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.serve_runners import summary  # noqa: E402 - after the sys.path fix
+from bench.controller_proc import vm_hwm_bytes  # noqa: E402 - after the sys.path fix
+from bench.serve_runners import summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -125,13 +126,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _vm_hwm(pid: int, key: str = "VmHWM") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60,
                   empty: bool = False) -> None:
     """Until /healthz answers 200 (or, with ``empty``, 503 "no_model": up, nothing loaded)."""
@@ -184,7 +178,7 @@ def run_endpoint(variant: Path, prompts: list[str], tokens: int) -> dict[str, An
             # The first chunk with text: a token that ends inside a UTF-8 character sends nothing.
             first = first or end
             runs.append((first - t0, max(end - first, 1e-9), max(produced - 1, 0)))
-        return summary(load_s, runs[1:], _vm_hwm(process.pid))
+        return summary(load_s, runs[1:], vm_hwm_bytes(process.pid))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -198,7 +192,7 @@ def idle_rss_mb(bin_dir: Path = VENV_BIN) -> float:
     try:
         _wait_healthy(port, process, empty=True)
         time.sleep(1)
-        return round(_vm_hwm(process.pid, "VmRSS") / 2**20, 1)
+        return round(vm_hwm_bytes(process.pid, "VmRSS") / 2**20, 1)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -22,12 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def vm_hwm_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+from bench.controller_proc import vm_hwm_bytes
 
 
 def summary(load_s: float, runs: list[tuple[float, float, int]], peak_rss_bytes: int) -> dict[str, Any]:
