@@ -205,7 +205,7 @@ class Server:
             field = "messages" if chat and e.field == "prompt" else e.field
             code = "context_length_exceeded" if "context" in e.message else "invalid_value"
             raise ApiError(400, e.message, param=field, code=code) from e
-        bridge = Bridge(asyncio.get_running_loop())
+        bridge = Bridge(asyncio.get_running_loop(), stream)
         try:
             self.pool.submit(stream, bridge.piece, bridge.done)
         except Busy as e:

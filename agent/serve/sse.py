@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,15 +18,26 @@ class _Done:
         self.error = error
 
 
+# Pieces a worker may generate beyond what the request's task has taken; a window of 8 cost 15 %
+# of int4 tokens/s on the 80 M model.
+AHEAD = 64
+
+
 class Bridge:
     """Pieces from a worker thread to the request's task, in order; the iteration ends when
-    the generation does and raises the generation's error, if any."""
+    the generation does and raises the generation's error, if any. The worker stays at most
+    ``AHEAD`` pieces ahead, so a client that hung up stops its generation within a few tokens
+    instead of letting it run to the end unread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: Stream) -> None:
         self._loop, self._queue = loop, asyncio.Queue[Piece | _Done]()
+        self._stream, self._window = stream, threading.Semaphore(AHEAD)
         self.first_at: float | None = None  # perf_counter() of the first piece
 
-    def piece(self, piece: Piece) -> None:  # worker thread
+    def piece(self, piece: Piece) -> None:  # worker thread: wait for room, unless cancelled
+        while not self._window.acquire(timeout=0.2):
+            if self._stream.cancelled:
+                return
         self._loop.call_soon_threadsafe(self._queue.put_nowait, piece)
 
     def done(self, error: BaseException | None) -> None:  # worker thread
@@ -52,6 +64,7 @@ class Bridge:
                 if self.first_at is None:
                     self.first_at = time.perf_counter()
                 batch.append(item)
+                self._window.release()
                 if self._queue.empty():
                     break
                 item = self._queue.get_nowait()
