@@ -51,7 +51,7 @@ class BenchOptions:
     n: int = 16  # prompts timed
     max_tokens: int = 64  # tokens per answer at most (greedy decoding)
     warmup: int = 1  # untimed generations first (first-call allocations)
-    threads: int | None = None  # the runtime's intra-op threads; None = its default
+    threads: int | None = None  # the runtime's intra-op threads; None = one per core
     chat: bool = True  # format prompts with the model's chat template when it has one
 
     def __post_init__(self) -> None:

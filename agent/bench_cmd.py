@@ -46,7 +46,7 @@ def _human(report: dict[str, Any]) -> None:
 @click.option("-n", "n", type=int, default=16, show_default=True, help="prompts to time")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="tokens per answer")
 @click.option("--warmup", type=int, default=1, show_default=True, help="untimed runs first")
-@click.option("--threads", type=int, default=None, help="runtime threads (default: its own)")
+@click.option("--threads", type=int, default=None, help="onnxruntime threads (default: one per core)")
 @click.option("--raw", is_flag=True, help="send prompts as they are, without the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def bench(model_dir: Path, prompts_file: Path | None, n: int, max_tokens: int, warmup: int,

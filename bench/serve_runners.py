@@ -46,8 +46,14 @@ def _summary(load_s: float, runs: list[tuple[float, float, int]]) -> dict[str, A
 def run_genai(path: Path, prompts: list[str], tokens: int) -> dict[str, Any]:
     import onnxruntime_genai as og
 
+    from agent.engine.engine import usable_cores
+
     start = time.perf_counter()
-    model = og.Model(str(path))
+    config = og.Config(str(path))  # the thread count the agent uses: one per core
+    threads = usable_cores()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+    model = og.Model(config)
     tokenizer = og.Tokenizer(model)
     load_s = time.perf_counter() - start
     runs = []
