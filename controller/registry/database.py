@@ -8,7 +8,6 @@ controller and ``slmops run --local``) can share one file; or PostgreSQL by URL.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from controller.store import StoreError
-from controller.store.sqlite_wal import set_wal
+from controller.store.sqlite_wal import create_private, set_wal
 
 _WRITE = "slmops_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
 
@@ -94,8 +93,7 @@ class Database:
 def _create_private(db: Path) -> None:
     """The file with mode 0600 (it shares the fleet's token verifiers), before SQLite makes it."""
     try:
-        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+        create_private(db)
     except OSError as e:
         raise StoreError(f"cannot create the database file {db}: {e.strerror}; check the "
                          "directory's permissions or choose another path") from e
