@@ -1,5 +1,6 @@
-"""The controller process: the mTLS port (fleet, admin, health) and the bootstrap port
-(enrollment, health), the store, and the ingest writer, started and stopped together."""
+"""The controller process: the mTLS port (fleet, delivery, admin, pipeline, health) and the
+bootstrap port (enrollment, health), the store, the ingest writer and the blob store, started and
+stopped together."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.client_config import FILE_NAME, ClientConfig
+from controller.delivery.blobs import BlobStore
+from controller.delivery.releases import Releases
 from controller.hub import Hub
 from controller.ingest import IngestWriter
 from controller.jobs import JobManager, JobStore
@@ -25,12 +28,19 @@ from controller.pki import (
 )
 from controller.registry import ModelRegistry
 from controller.services.admin import AdminServicer
+from controller.services.delivery import DeliveryServicer
 from controller.services.enrollment import EnrollmentServicer
 from controller.services.fleet import FleetServicer
 from controller.services.pipeline import PipelineServicer
 from controller.settings import ControllerSettings, split_address
 from controller.store import FleetStore, open_store
-from protos import admin_pb2_grpc, enrollment_pb2_grpc, fleet_pb2_grpc, pipeline_pb2_grpc
+from protos import (
+    admin_pb2_grpc,
+    delivery_pb2_grpc,
+    enrollment_pb2_grpc,
+    fleet_pb2_grpc,
+    pipeline_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,8 @@ class Controller:
         self.ingest: IngestWriter | None = None
         self.registry: ModelRegistry | None = None
         self.jobs: JobManager | None = None
+        self.releases: Releases | None = None
+        self.delivery: DeliveryServicer | None = None
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> Endpoints:
@@ -84,12 +96,19 @@ class Controller:
         self.jobs = JobManager(job_store, self.registry, s.data_dir / "jobs",
                                max_concurrent=s.max_concurrent_jobs)
 
+        blobs = await asyncio.to_thread(BlobStore, s.data_dir / "blobs")
+        self.releases = Releases(self.store, self.registry, blobs, signing_key, profiles,
+                                 ttl_ms=s.manifest_ttl_s * 1000)
+        self.delivery = DeliveryServicer(self.store, self.releases, s.max_concurrent_downloads)
+
         options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", s.max_message_bytes)]
         main = grpc.aio.server(options=options)
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(
             FleetServicer(self.store, self.hub, self.ingest, profiles), main)
+        delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(self.delivery, main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms, profiles=profiles), main)
+            AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms, profiles=profiles,
+                          releases=self.releases), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineServicer(self.jobs, self.registry, profiles), main)
         credentials = grpc.ssl_server_credentials(
@@ -108,7 +127,7 @@ class Controller:
         for server in (main, bootstrap):
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        for service in ("slmops.v1.FleetService", "slmops.v1.AdminService",
+        for service in ("slmops.v1.FleetService", "slmops.v1.DeliveryService", "slmops.v1.AdminService",
                         "slmops.v1.EnrollmentService", "slmops.v1.PipelineService"):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._servers = [main, bootstrap]

@@ -30,6 +30,8 @@ class ControllerSettings:
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_jobs: int = 1  # pipeline jobs (worker processes) running at once
     profiles_file: Path | None = None  # custom device profiles (YAML), beside the built-in ones
+    max_concurrent_downloads: int = 8  # blob downloads served at once; more get RESOURCE_EXHAUSTED
+    manifest_ttl_s: int = 7 * 24 * 3600  # a signed manifest expires this long after it is issued
     extra_server_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -43,6 +45,12 @@ class ControllerSettings:
         if not 1 <= self.max_concurrent_jobs <= 64:
             raise SettingsError(f"--max-jobs: {self.max_concurrent_jobs} is out of range; allowed "
                                 "1..64")
+        if not 1 <= self.max_concurrent_downloads <= 4096:
+            raise SettingsError(f"--max-downloads: {self.max_concurrent_downloads} is out of range; "
+                                "allowed 1..4096")
+        if not 60 <= self.manifest_ttl_s <= 366 * 24 * 3600:
+            raise SettingsError(f"--manifest-ttl: {self.manifest_ttl_s} s is out of range; allowed "
+                                "60 s to 366 days")
         if self.profiles_file is not None:
             from controller.build.profiles import ProfileError, load_profiles
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -84,3 +85,14 @@ def text(field: str, value: str, max_len: int) -> str:
     if len(value) > max_len:
         raise Invalid(f"{field}: {len(value)} characters; at most {max_len}")
     return value
+
+
+def json_object(field: str, value: str) -> dict:
+    """``value`` parsed, if it is a JSON object; Invalid naming ``field`` otherwise."""
+    try:
+        parsed = json.loads(value)
+    except ValueError as e:
+        raise Invalid(f"{field}: not JSON ({e})") from None
+    if not isinstance(parsed, dict):
+        raise Invalid(f"{field}: must be a JSON object")
+    return parsed

@@ -80,7 +80,7 @@ class RevokeTokenResponse(_message.Message):
     def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "name", "status", "labels", "hardware", "profile", "agent_version", "enrolled_at_ms", "last_seen_ms", "acked_through_seq", "spool_dropped_total", "desired_generation", "matched_profile", "profile_override")
+    __slots__ = ("id", "name", "status", "labels", "hardware", "profile", "agent_version", "enrolled_at_ms", "last_seen_ms", "acked_through_seq", "spool_dropped_total", "desired_generation", "matched_profile", "profile_override", "deployment")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class Device(_message.Message):
     DESIRED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     MATCHED_PROFILE_FIELD_NUMBER: _ClassVar[int]
     PROFILE_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     status: str
@@ -116,7 +117,84 @@ class Device(_message.Message):
     desired_generation: int
     matched_profile: str
     profile_override: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., profile: _Optional[str] = ..., agent_version: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., acked_through_seq: _Optional[int] = ..., spool_dropped_total: _Optional[int] = ..., desired_generation: _Optional[int] = ..., matched_profile: _Optional[str] = ..., profile_override: _Optional[str] = ...) -> None: ...
+    deployment: Deployment
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., profile: _Optional[str] = ..., agent_version: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., acked_through_seq: _Optional[int] = ..., spool_dropped_total: _Optional[int] = ..., desired_generation: _Optional[int] = ..., matched_profile: _Optional[str] = ..., profile_override: _Optional[str] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("desired_model", "desired_release", "desired_variant", "active_model", "active_release", "previous_model", "previous_release", "phase", "reason", "bytes_done", "bytes_total", "bytes_per_s", "detail_json", "updated_at_ms")
+    DESIRED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    desired_model: str
+    desired_release: int
+    desired_variant: str
+    active_model: str
+    active_release: int
+    previous_model: str
+    previous_release: int
+    phase: str
+    reason: str
+    bytes_done: int
+    bytes_total: int
+    bytes_per_s: float
+    detail_json: str
+    updated_at_ms: int
+    def __init__(self, desired_model: _Optional[str] = ..., desired_release: _Optional[int] = ..., desired_variant: _Optional[str] = ..., active_model: _Optional[str] = ..., active_release: _Optional[int] = ..., previous_model: _Optional[str] = ..., previous_release: _Optional[int] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_per_s: _Optional[float] = ..., detail_json: _Optional[str] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class AssignModelRequest(_message.Message):
+    __slots__ = ("id", "model")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class AssignModelResponse(_message.Message):
+    __slots__ = ("device", "release")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    device: Device
+    release: int
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., release: _Optional[int] = ...) -> None: ...
+
+class RollbackDeviceRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RollbackDeviceResponse(_message.Message):
+    __slots__ = ("device", "release")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    device: Device
+    release: int
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., release: _Optional[int] = ...) -> None: ...
+
+class ExportBundleRequest(_message.Message):
+    __slots__ = ("model", "profile")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    profile: str
+    def __init__(self, model: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class BundleChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("selector", "include_removed")

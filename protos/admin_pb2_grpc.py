@@ -94,6 +94,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.SetDeviceProfileRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.SetDeviceProfileResponse.FromString,
                 _registered_method=True)
+        self.AssignModel = channel.unary_unary(
+                '/slmops.v1.AdminService/AssignModel',
+                request_serializer=protos_dot_admin__pb2.AssignModelRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AssignModelResponse.FromString,
+                _registered_method=True)
+        self.RollbackDevice = channel.unary_unary(
+                '/slmops.v1.AdminService/RollbackDevice',
+                request_serializer=protos_dot_admin__pb2.RollbackDeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RollbackDeviceResponse.FromString,
+                _registered_method=True)
+        self.ExportBundle = channel.unary_stream(
+                '/slmops.v1.AdminService/ExportBundle',
+                request_serializer=protos_dot_admin__pb2.ExportBundleRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.BundleChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -173,6 +188,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AssignModel(self, request, context):
+        """Desired state: the device should run this model's variant for its profile. Signs a
+        manifest with a new release counter; the agent converges.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackDevice(self, request, context):
+        """Back to the model the device ran before its current one (a signed rollback instruction).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportBundle(self, request, context):
+        """A signed manifest and its blobs as one file, for devices with no network path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +272,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetDeviceProfile,
                     request_deserializer=protos_dot_admin__pb2.SetDeviceProfileRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.SetDeviceProfileResponse.SerializeToString,
+            ),
+            'AssignModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignModel,
+                    request_deserializer=protos_dot_admin__pb2.AssignModelRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AssignModelResponse.SerializeToString,
+            ),
+            'RollbackDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackDevice,
+                    request_deserializer=protos_dot_admin__pb2.RollbackDeviceRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RollbackDeviceResponse.SerializeToString,
+            ),
+            'ExportBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportBundle,
+                    request_deserializer=protos_dot_admin__pb2.ExportBundleRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.BundleChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +613,87 @@ class AdminService:
             '/slmops.v1.AdminService/SetDeviceProfile',
             protos_dot_admin__pb2.SetDeviceProfileRequest.SerializeToString,
             protos_dot_admin__pb2.SetDeviceProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/AssignModel',
+            protos_dot_admin__pb2.AssignModelRequest.SerializeToString,
+            protos_dot_admin__pb2.AssignModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/RollbackDevice',
+            protos_dot_admin__pb2.RollbackDeviceRequest.SerializeToString,
+            protos_dot_admin__pb2.RollbackDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slmops.v1.AdminService/ExportBundle',
+            protos_dot_admin__pb2.ExportBundleRequest.SerializeToString,
+            protos_dot_admin__pb2.BundleChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from protos import common_pb2 as protos_dot_common__pb2
+from protos import delivery_pb2 as protos_dot_delivery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/fleet.proto\x12\tslmops.v1\x1a\x13protos/common.proto\"\xfb\x01\n\x0e\x43onnectRequest\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.slmops.v1.HelloH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.slmops.v1.HeartbeatH\x00\x12.\n\ttelemetry\x18\x03 \x01(\x0b\x32\x19.slmops.v1.TelemetryBatchH\x00\x12\x32\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x18.slmops.v1.CommandResultH\x00\x12/\n\tbenchmark\x18\x05 \x01(\x0b\x32\x1a.slmops.v1.BenchmarkReportH\x00\x42\x06\n\x04\x62ody\"\xcb\x01\n\x0f\x43onnectResponse\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.slmops.v1.WelcomeH\x00\x12\x30\n\rtelemetry_ack\x18\x02 \x01(\x0b\x32\x17.slmops.v1.TelemetryAckH\x00\x12\x30\n\rdesired_state\x18\x03 \x01(\x0b\x32\x17.slmops.v1.DesiredStateH\x00\x12%\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x12.slmops.v1.CommandH\x00\x42\x06\n\x04\x62ody\"|\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12%\n\x08hardware\x18\x02 \x01(\x0b\x32\x13.slmops.v1.Hardware\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\x12\x16\n\x0elast_acked_seq\x18\x04 \x01(\x04\"U\n\tHeartbeat\x12\x14\n\x0ctimestamp_ms\x18\x01 \x01(\x03\x12\x15\n\rspool_pending\x18\x02 \x01(\x04\x12\x1b\n\x13spool_dropped_total\x18\x03 \x01(\x04\"]\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\"\n\x07samples\x18\x02 \x03(\x0b\x32\x11.slmops.v1.Sample\x12\x15\n\rdropped_total\x18\x03 \x01(\x04\"_\n\x0cTelemetryAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x19\n\x11\x61\x63ked_through_seq\x18\x02 \x01(\x04\x12\x0e\n\x06stored\x18\x03 \x01(\r\x12\x12\n\nduplicates\x18\x04 \x01(\r\"O\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x63ked_through_seq\x18\x02 \x01(\x04\x12\x16\n\x0eserver_time_ms\x18\x03 \x01(\x03\"\x95\x01\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.slmops.v1.DesiredState.LabelsEntry\x12\r\n\x05model\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\"K\n\rCommandResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x96\x01\n\x0f\x42\x65nchmarkReport\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x16\n\x0evariant_sha256\x18\x06 \x01(\t\x12\x13\n\x0breport_json\x18\x07 \x01(\t2T\n\x0c\x46leetService\x12\x44\n\x07\x43onnect\x12\x19.slmops.v1.ConnectRequest\x1a\x1a.slmops.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/fleet.proto\x12\tslmops.v1\x1a\x13protos/common.proto\x1a\x15protos/delivery.proto\"\xae\x02\n\x0e\x43onnectRequest\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.slmops.v1.HelloH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.slmops.v1.HeartbeatH\x00\x12.\n\ttelemetry\x18\x03 \x01(\x0b\x32\x19.slmops.v1.TelemetryBatchH\x00\x12\x32\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x18.slmops.v1.CommandResultH\x00\x12/\n\tbenchmark\x18\x05 \x01(\x0b\x32\x1a.slmops.v1.BenchmarkReportH\x00\x12\x31\n\ndeployment\x18\x06 \x01(\x0b\x32\x1b.slmops.v1.DeploymentStatusH\x00\x42\x06\n\x04\x62ody\"\xcb\x01\n\x0f\x43onnectResponse\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.slmops.v1.WelcomeH\x00\x12\x30\n\rtelemetry_ack\x18\x02 \x01(\x0b\x32\x17.slmops.v1.TelemetryAckH\x00\x12\x30\n\rdesired_state\x18\x03 \x01(\x0b\x32\x17.slmops.v1.DesiredStateH\x00\x12%\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x12.slmops.v1.CommandH\x00\x42\x06\n\x04\x62ody\"|\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12%\n\x08hardware\x18\x02 \x01(\x0b\x32\x13.slmops.v1.Hardware\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05\x12\x16\n\x0elast_acked_seq\x18\x04 \x01(\x04\"U\n\tHeartbeat\x12\x14\n\x0ctimestamp_ms\x18\x01 \x01(\x03\x12\x15\n\rspool_pending\x18\x02 \x01(\x04\x12\x1b\n\x13spool_dropped_total\x18\x03 \x01(\x04\"]\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\"\n\x07samples\x18\x02 \x03(\x0b\x32\x11.slmops.v1.Sample\x12\x15\n\rdropped_total\x18\x03 \x01(\x04\"_\n\x0cTelemetryAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x19\n\x11\x61\x63ked_through_seq\x18\x02 \x01(\x04\x12\x0e\n\x06stored\x18\x03 \x01(\r\x12\x12\n\nduplicates\x18\x04 \x01(\r\"O\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x63ked_through_seq\x18\x02 \x01(\x04\x12\x16\n\x0eserver_time_ms\x18\x03 \x01(\x03\"\xd3\x01\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.slmops.v1.DesiredState.LabelsEntry\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x08manifest\x18\x04 \x01(\x0b\x32\x19.slmops.v1.SignedManifest\x12\x0f\n\x07profile\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\"K\n\rCommandResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x96\x01\n\x0f\x42\x65nchmarkReport\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x16\n\x0evariant_sha256\x18\x06 \x01(\t\x12\x13\n\x0breport_json\x18\x07 \x01(\t2T\n\x0c\x46leetService\x12\x44\n\x07\x43onnect\x12\x19.slmops.v1.ConnectRequest\x1a\x1a.slmops.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DESIREDSTATE_LABELSENTRY']._loaded_options = None
   _globals['_DESIREDSTATE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_CONNECTREQUEST']._serialized_start=55
-  _globals['_CONNECTREQUEST']._serialized_end=306
-  _globals['_CONNECTRESPONSE']._serialized_start=309
-  _globals['_CONNECTRESPONSE']._serialized_end=512
-  _globals['_HELLO']._serialized_start=514
-  _globals['_HELLO']._serialized_end=638
-  _globals['_HEARTBEAT']._serialized_start=640
-  _globals['_HEARTBEAT']._serialized_end=725
-  _globals['_TELEMETRYBATCH']._serialized_start=727
-  _globals['_TELEMETRYBATCH']._serialized_end=820
-  _globals['_TELEMETRYACK']._serialized_start=822
-  _globals['_TELEMETRYACK']._serialized_end=917
-  _globals['_WELCOME']._serialized_start=919
-  _globals['_WELCOME']._serialized_end=998
-  _globals['_DESIREDSTATE']._serialized_start=1001
-  _globals['_DESIREDSTATE']._serialized_end=1150
-  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_start=1105
-  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_end=1150
-  _globals['_COMMAND']._serialized_start=1152
-  _globals['_COMMAND']._serialized_end=1206
-  _globals['_COMMANDRESULT']._serialized_start=1208
-  _globals['_COMMANDRESULT']._serialized_end=1283
-  _globals['_BENCHMARKREPORT']._serialized_start=1286
-  _globals['_BENCHMARKREPORT']._serialized_end=1436
-  _globals['_FLEETSERVICE']._serialized_start=1438
-  _globals['_FLEETSERVICE']._serialized_end=1522
+  _globals['_CONNECTREQUEST']._serialized_start=78
+  _globals['_CONNECTREQUEST']._serialized_end=380
+  _globals['_CONNECTRESPONSE']._serialized_start=383
+  _globals['_CONNECTRESPONSE']._serialized_end=586
+  _globals['_HELLO']._serialized_start=588
+  _globals['_HELLO']._serialized_end=712
+  _globals['_HEARTBEAT']._serialized_start=714
+  _globals['_HEARTBEAT']._serialized_end=799
+  _globals['_TELEMETRYBATCH']._serialized_start=801
+  _globals['_TELEMETRYBATCH']._serialized_end=894
+  _globals['_TELEMETRYACK']._serialized_start=896
+  _globals['_TELEMETRYACK']._serialized_end=991
+  _globals['_WELCOME']._serialized_start=993
+  _globals['_WELCOME']._serialized_end=1072
+  _globals['_DESIREDSTATE']._serialized_start=1075
+  _globals['_DESIREDSTATE']._serialized_end=1286
+  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_start=1241
+  _globals['_DESIREDSTATE_LABELSENTRY']._serialized_end=1286
+  _globals['_COMMAND']._serialized_start=1288
+  _globals['_COMMAND']._serialized_end=1342
+  _globals['_COMMANDRESULT']._serialized_start=1344
+  _globals['_COMMANDRESULT']._serialized_end=1419
+  _globals['_BENCHMARKREPORT']._serialized_start=1422
+  _globals['_BENCHMARKREPORT']._serialized_end=1572
+  _globals['_FLEETSERVICE']._serialized_start=1574
+  _globals['_FLEETSERVICE']._serialized_end=1658
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from protos import common_pb2 as _common_pb2
+from protos import delivery_pb2 as _delivery_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "heartbeat", "telemetry", "command_result", "benchmark")
+    __slots__ = ("hello", "heartbeat", "telemetry", "command_result", "benchmark", "deployment")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     COMMAND_RESULT_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     telemetry: TelemetryBatch
     command_result: CommandResult
     benchmark: BenchmarkReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkReport, _Mapping]] = ...) -> None: ...
+    deployment: _delivery_pb2.DeploymentStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., benchmark: _Optional[_Union[BenchmarkReport, _Mapping]] = ..., deployment: _Optional[_Union[_delivery_pb2.DeploymentStatus, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("welcome", "telemetry_ack", "desired_state", "command")
@@ -88,7 +91,7 @@ class Welcome(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., acked_through_seq: _Optional[int] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
 
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "labels", "model")
+    __slots__ = ("generation", "labels", "model", "manifest", "profile")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,10 +102,14 @@ class DesiredState(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     generation: int
     labels: _containers.ScalarMap[str, str]
     model: str
-    def __init__(self, generation: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    manifest: _delivery_pb2.SignedManifest
+    profile: str
+    def __init__(self, generation: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., manifest: _Optional[_Union[_delivery_pb2.SignedManifest, _Mapping]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("id", "kind", "args_json")

@@ -9,6 +9,9 @@ engine for onnxruntime-genai variants) and records:
 - ``exact_match_delta``: the variant's exact match minus the fp32 model's, in points (-1.5 = lost
   1.5 points);
 - ``greedy_agreement``: the fraction of prompts whose greedy answer equals the fp32 model's;
+- ``golden``: the first ``GOLDEN_ROWS`` rows (prompt, gold answer) and how many of them the
+  variant answered exactly; a manifest carries them to the device, whose gate asks them again
+  on its own hardware before it switches to the variant;
 - ``size_bytes`` on disk (without slmops-variant.json), ``tokens_per_s`` (generated tokens over
   the seconds the answers took, as the PyTorch harness counts it; the first answer, a warm-up,
   is left out), time to first token and latency percentiles, load time and
@@ -35,10 +38,12 @@ from typing import Any
 from controller.build.builder import RUNTIME_GENAI, VARIANT_META
 from controller.build.measure import MODULE as MEASURE_MODULE
 from controller.pipeline.child import ChildFailed, run_json_child
-from controller.pipeline.evaluate.metrics import percentile, summarize
+from controller.pipeline.evaluate.metrics import exact_match, percentile, summarize
 from controller.pipeline.events import Events
 from controller.pipeline.jsonl import write_atomic
 from controller.pipeline.modelkit.files import dir_size
+
+GOLDEN_ROWS = 20  # held-out rows a manifest carries for the on-device gate
 
 
 class CheckError(RuntimeError):
@@ -139,6 +144,7 @@ def metrics_from(raw: Mapping[str, Any], variant_dir: Path, rows: Sequence[Mappi
     timed = slice(1, None) if len(seconds) > 1 else slice(None)  # the first answer warms up
     decode_tokens = sum(max(0, t - 1) for t in tokens[timed])
     decode_seconds = sum(s - f for s, f in zip(seconds[timed], first[timed], strict=True))
+    golden = [(r["prompt"], r["answer"], a) for r, a in zip(rows[:GOLDEN_ROWS], answers, strict=False)]
     return {
         "n": summary["n"],
         "exact_match": summary["exact_match"],
@@ -161,6 +167,8 @@ def metrics_from(raw: Mapping[str, Any], variant_dir: Path, rows: Sequence[Mappi
         "checked_on": "cpu",
         "measured_on_target": on_target,
         "notes": list(notes),
+        "golden": {"rows": [{"prompt": p, "answer": g} for p, g, _ in golden],
+                   "correct": sum(exact_match(a, g) for _, g, a in golden)},
     }
 
 

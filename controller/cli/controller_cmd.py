@@ -36,9 +36,14 @@ def controller() -> None:
 @click.option("--profiles", "profiles_file", type=click.Path(path_type=Path), default=None,
               help="custom device profiles (YAML), beside the built-in ones; `slmops profiles list "
                    "--file` checks one")
+@click.option("--max-downloads", type=int, default=8, show_default=True,
+              help="model downloads served at once; devices asking for more retry with jitter")
+@click.option("--manifest-ttl", default="7d", show_default=True,
+              help="how long a signed manifest stays valid; a device refuses an expired one")
 @json_option
 def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, retention: str,
-          offline_after: str, max_jobs: int, profiles_file: Path | None, as_json: bool) -> None:
+          offline_after: str, max_jobs: int, profiles_file: Path | None, max_downloads: int,
+          manifest_ttl: str, as_json: bool) -> None:
     """Start the controller in the foreground; SIGTERM or Ctrl-C stops it gracefully."""
     from controller.server import Controller
 
@@ -47,7 +52,8 @@ def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, r
             data_dir=data_dir or default_data_dir(), listen=listen, enroll_listen=enroll_listen,
             db_url=db_url, retention_ms=parse_duration(retention),
             offline_after_ms=parse_duration(offline_after), max_concurrent_jobs=max_jobs,
-            profiles_file=profiles_file,
+            profiles_file=profiles_file, max_concurrent_downloads=max_downloads,
+            manifest_ttl_s=parse_duration(manifest_ttl) // 1000,
         )
     except (SettingsError, ValueError) as e:
         raise CliError(str(e), "invalid_argument", 2) from None

@@ -1,43 +1,77 @@
-"""AdminService: tokens, devices and telemetry queries for the operator. Admin certificate only.
+"""AdminService: tokens, devices, telemetry queries and model delivery for the operator. Admin
+certificate only.
 
 Benchmarks and the profile override are in services/device_ops.py (a mixin of this servicer).
+Model delivery: AssignModel and RollbackDevice sign a release (controller/delivery/releases.py)
+and push the new desired state down the device's stream if it is online; ExportBundle streams a
+signed release and its blobs as one tar file for a device with no network path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
+
+from agent.delivery.bundle import BundleError, write_bundle
 from agent.enrollment_proof import verifier_of
 from agent.telemetry.catalog import METRICS
 from controller import validation
 from controller.build.profiles import ProfileSet, builtin_profiles
+from controller.delivery.blobs import BlobError
+from controller.delivery.releases import ReleaseRefused, Releases
 from controller.hub import Hub
 from controller.ingest import IngestWriter
 from controller.services.common import (
     device_to_proto,
     maps_errors,
+    maps_errors_with,
+    maps_stream_errors_with,
     now_ms,
     require_admin,
+    status_for,
     token_to_proto,
 )
 from controller.services.device_ops import DeviceOpsMixin
-from controller.services.fleet import desired_state
-from controller.store import FleetStore, NotFound, TokenRecord
+from controller.services.fleet import load_desired_state
+from controller.store import DeviceRecord, FleetStore, NotFound, TokenRecord
 from controller.telemetry.aggregate import AGGREGATIONS, bucketize
 from protos import admin_pb2, admin_pb2_grpc
 
 MAX_TTL_MS = 366 * 24 * 3600 * 1000
 MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 MAX_BUCKETS = 10_000
+BUNDLE_CHUNK_BYTES = 1 << 20
+
+
+def _delivery_status(e: Exception) -> grpc.StatusCode | None:
+    if isinstance(e, ReleaseRefused | BlobError | BundleError):  # stored blobs that don't fit
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return status_for(e)
+
+
+maps_delivery_errors = maps_errors_with(_delivery_status)
+maps_delivery_stream_errors = maps_stream_errors_with(_delivery_status)
+
+
+def _model_ref(value: str) -> str:
+    if not value:
+        raise validation.Invalid("model: give the model as NAME:VERSION (or NAME for its newest "
+                                 "version); see `slmops models list`")
+    return validation.text("model", value, 320)
 
 
 class AdminServicer(DeviceOpsMixin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter, offline_after_ms: int,
-                 profiles: ProfileSet | None = None) -> None:
+                 profiles: ProfileSet | None = None, releases: Releases | None = None) -> None:
         self._store, self._hub, self._ingest = store, hub, ingest
         self._offline_after_ms = offline_after_ms
         self._profiles = profiles or builtin_profiles()
+        self._delivery = releases  # None: this controller does not deliver models
 
     def _device(self, device):  # type: ignore[no-untyped-def]
         return device_to_proto(device, self._hub, self._offline_after_ms)
@@ -106,7 +140,7 @@ class AdminServicer(DeviceOpsMixin, admin_pb2_grpc.AdminServiceServicer):
         )
         session = self._hub.get(device.id)
         if session is not None:
-            session.send(desired_state(device))
+            session.send(await load_desired_state(self._store, device))
         return admin_pb2.UpdateDeviceLabelsResponse(device=self._device(device))
 
     @maps_errors
@@ -171,3 +205,53 @@ class AdminServicer(DeviceOpsMixin, admin_pb2_grpc.AdminServiceServicer):
                 for r in results
             ],
         )
+
+    # model delivery
+    def _releases(self) -> Releases:
+        if self._delivery is None:
+            raise ReleaseRefused("this controller was started without model delivery")
+        return self._delivery
+
+    async def _desired_changed(self, device_id: str) -> DeviceRecord:
+        """The device as stored now; its new desired state goes down its stream if it is online."""
+        device = await asyncio.to_thread(self._store.get_device, device_id)
+        if device is None:
+            raise NotFound(f"device {device_id} not found; see `slmops devices list`")
+        session = self._hub.get(device_id)
+        if session is not None:
+            session.send(await load_desired_state(self._store, device))
+        return device
+
+    @maps_delivery_errors
+    async def AssignModel(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        ref = _model_ref(request.model)
+        device = await self._find(request.id)
+        # Hashing a new variant's files takes a while: off the loop, and off the writer thread.
+        release = await asyncio.to_thread(self._releases().assign, device, ref, now_ms())
+        device = await self._desired_changed(device.id)
+        return admin_pb2.AssignModelResponse(device=self._device(device), release=release.release)
+
+    @maps_delivery_errors
+    async def RollbackDevice(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        device = await self._find(request.id)
+        release = await asyncio.to_thread(self._releases().rollback, device, now_ms())
+        device = await self._desired_changed(device.id)
+        return admin_pb2.RollbackDeviceResponse(device=self._device(device), release=release.release)
+
+    @maps_delivery_stream_errors
+    async def ExportBundle(self, request, context) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        ref = _model_ref(request.model)
+        validation.text("profile", request.profile, 64)
+        releases = self._releases()
+        release = await asyncio.to_thread(releases.for_bundle, ref, request.profile, now_ms())
+        blobs = await asyncio.to_thread(releases.bundle_blobs, release)
+        # The bundle is written to an unnamed file beside the blobs (gone when closed), then
+        # streamed from there: whatever way the tar is written, memory stays at one chunk.
+        with tempfile.TemporaryFile(dir=releases.scratch_dir) as out:
+            await asyncio.to_thread(write_bundle, out, release.manifest_json, release.signature, blobs)
+            await asyncio.to_thread(out.seek, 0)
+            while data := await asyncio.to_thread(out.read, BUNDLE_CHUNK_BYTES):
+                yield admin_pb2.BundleChunk(data=data)

@@ -148,6 +148,19 @@ def device_status(device: DeviceRecord, hub: Hub, offline_after_ms: int) -> tupl
     return ("online" if online else "offline"), last_seen
 
 
+def deployment_to_proto(device: DeviceRecord) -> admin_pb2.Deployment:
+    """What the device was assigned and, as it last reported, runs and is doing."""
+    r = device.deployment
+    return admin_pb2.Deployment(
+        desired_model=device.desired_model, desired_release=device.desired_release,
+        desired_variant=device.desired_profile, active_model=r.active_model,
+        active_release=r.active_release, previous_model=r.previous_model,
+        previous_release=r.previous_release, phase=r.phase, reason=r.reason,
+        bytes_done=r.bytes_done, bytes_total=r.bytes_total, bytes_per_s=r.bytes_per_s,
+        detail_json=r.detail_json, updated_at_ms=r.updated_at_ms,
+    )
+
+
 def device_to_proto(device: DeviceRecord, hub: Hub, offline_after_ms: int) -> admin_pb2.Device:
     status, last_seen = device_status(device, hub, offline_after_ms)
     return admin_pb2.Device(
@@ -157,7 +170,7 @@ def device_to_proto(device: DeviceRecord, hub: Hub, offline_after_ms: int) -> ad
         agent_version=device.agent_version, enrolled_at_ms=device.enrolled_at_ms,
         last_seen_ms=last_seen, acked_through_seq=device.acked_through_seq,
         spool_dropped_total=device.spool_dropped_total,
-        desired_generation=device.desired_generation,
+        desired_generation=device.desired_generation, deployment=deployment_to_proto(device),
     )
 
 

@@ -19,6 +19,7 @@ from controller.build.profiles import ProfileSet
 from controller.hub import DeviceOffline, Hub
 from controller.ingest import IngestWriter
 from controller.services.common import maps_errors_with, require_admin, status_for
+from controller.services.fleet import load_desired_state
 from controller.store import BenchmarkRecord, DeviceRecord, FleetStore
 from protos import admin_pb2
 
@@ -144,4 +145,7 @@ class DeviceOpsMixin:
         device = await self._find(request.id)
         device = await self._ingest.run_in_writer(
             self._store.set_profile_override, device.id, request.profile)
+        session = self._hub.get(device.id)
+        if session is not None:  # the profile is part of the desired state the agent checks against
+            session.send(await load_desired_state(self._store, device))
         return admin_pb2.SetDeviceProfileResponse(device=self._device(device))

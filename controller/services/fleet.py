@@ -1,13 +1,13 @@
 """FleetService.Connect: the one long-lived stream per device.
 
 The device is known from its certificate. Up: hello, heartbeats, telemetry (acknowledged only
-once committed). Down: welcome, acknowledgements, desired state, commands.
+once committed), deployment reports. Down: welcome, acknowledgements, desired state (labels,
+profile and the signed manifest of the assigned release), commands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,20 +19,71 @@ from controller.hub import Hub, Session
 from controller.ingest import IngestWriter
 from controller.profiles import match_profile
 from controller.services.common import hardware_to_dict, now_ms, require_device
-from controller.store import BenchmarkRecord, DeviceRecord, FleetStore, IngestItem, SampleRow, Touch
-from protos import fleet_pb2, fleet_pb2_grpc
+from controller.store import (
+    BenchmarkRecord,
+    DeviceRecord,
+    FleetStore,
+    IngestItem,
+    SampleRow,
+    StoreError,
+    Touch,
+)
+from controller.store.base import DeploymentReport, ReleaseRecord
+from protos import delivery_pb2, fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 30
 MAX_SAMPLES_PER_BATCH = 1000
 MAX_VALUES_PER_SAMPLE = 512
 MAX_REPORT_CHARS = 256 * 1024
+PHASES = ("downloading", "verifying", "staging", "gating", "active", "failed", "refused",
+          "rolled_back")
+MAX_DETAIL_CHARS = 64 * 1024
+MAX_REASON_CHARS = 4096
+_MAX_COUNT = 2**62  # releases and byte counts: far beyond any real one, within a BIGINT
 
 
-def desired_state(device: DeviceRecord) -> fleet_pb2.ConnectResponse:
-    return fleet_pb2.ConnectResponse(desired_state=fleet_pb2.DesiredState(
+def desired_state(device: DeviceRecord, release: ReleaseRecord | None = None) -> fleet_pb2.ConnectResponse:
+    """The device's desired state; ``release`` is its desired signed manifest (store
+    ``desired_manifest``), None while no model is assigned."""
+    state = fleet_pb2.DesiredState(
         generation=device.desired_generation, labels=dict(device.labels), model=device.desired_model,
-    ))
+        profile=device.effective_profile,
+    )
+    if release is not None:
+        state.manifest.CopyFrom(delivery_pb2.SignedManifest(manifest_json=release.manifest_json,
+                                                            signature=release.signature))
+    return fleet_pb2.ConnectResponse(desired_state=state)
+
+
+async def load_desired_state(store: FleetStore, device: DeviceRecord) -> fleet_pb2.ConnectResponse:
+    """desired_state with the device's desired manifest read from the store (off the loop)."""
+    return desired_state(device, await asyncio.to_thread(store.desired_manifest, device.id))
+
+
+def deployment_to_report(status: delivery_pb2.DeploymentStatus, now: int) -> DeploymentReport:
+    """Validate a device's deployment status; every error names the field."""
+    if status.phase not in PHASES:
+        raise validation.Invalid(f"deployment.phase: {status.phase[:40]!r} is not one of "
+                                 f"{', '.join(PHASES)}")
+    for name, limit in (("model", 255), ("active_model", 255), ("previous_model", 255),
+                        ("reason", MAX_REASON_CHARS), ("detail_json", MAX_DETAIL_CHARS)):
+        validation.text(f"deployment.{name}", getattr(status, name), limit)
+    for name in ("release", "bytes_done", "bytes_total", "active_release", "previous_release",
+                 "timestamp_ms"):
+        validation.int_range(f"deployment.{name}", getattr(status, name), 0, _MAX_COUNT)
+    rate = validation.finite("deployment.bytes_per_s", status.bytes_per_s)
+    if rate < 0:
+        raise validation.Invalid(f"deployment.bytes_per_s: {rate} is negative")
+    if status.detail_json:
+        validation.json_object("deployment.detail_json", status.detail_json)
+    return DeploymentReport(
+        release=status.release, model=status.model, phase=status.phase, reason=status.reason,
+        bytes_done=status.bytes_done, bytes_total=status.bytes_total, bytes_per_s=rate,
+        active_model=status.active_model, active_release=status.active_release,
+        previous_model=status.previous_model, previous_release=status.previous_release,
+        detail_json=status.detail_json, timestamp_ms=status.timestamp_ms, updated_at_ms=now,
+    )
 
 
 def batch_to_item(device_id: str, batch: fleet_pb2.TelemetryBatch) -> IngestItem:
@@ -65,12 +116,7 @@ def benchmark_to_record(device_id: str, report: fleet_pb2.BenchmarkReport,
                         ("precision", 32), ("variant_sha256", 64)):
         validation.text(f"benchmark.{name}", getattr(report, name), limit)
     validation.text("benchmark.report_json", report.report_json, MAX_REPORT_CHARS)
-    try:
-        body = json.loads(report.report_json)
-    except ValueError as e:
-        raise validation.Invalid(f"benchmark.report_json: not JSON ({e})") from None
-    if not isinstance(body, dict):
-        raise validation.Invalid("benchmark.report_json: must be a JSON object")
+    body = validation.json_object("benchmark.report_json", report.report_json)
     return BenchmarkRecord(
         device_id=device_id, model=report.model, version=report.version, profile=report.profile,
         precision=report.precision, variant_sha256=report.variant_sha256,
@@ -116,7 +162,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             device_id=device.id, acked_through_seq=device.acked_through_seq,
             server_time_ms=now_ms(),
         )))
-        session.send(desired_state(device))
+        session.send(await load_desired_state(self._store, device))
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:
             while (message := await session.outbox.get()) is not None:
@@ -128,6 +174,19 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             log.info("device %s disconnected: %s", device.id, session.closed_reason or "stream ended")
         if session.close_code:
             await context.abort(getattr(grpc.StatusCode, session.close_code), session.closed_reason)
+
+    async def _deployment(self, device_id: str, status: delivery_pb2.DeploymentStatus) -> None:
+        """Store a deployment report. A bad one is logged and dropped: the stream goes on, as
+        the report is informational and the next one replaces it."""
+        try:
+            report = deployment_to_report(status, now_ms())
+            await self._ingest.run_in_writer(self._store.record_deployment, device_id, report)
+        except (validation.Invalid, StoreError) as e:
+            log.warning("device %s: deployment report ignored: %s", device_id, e)
+            return
+        level = logging.DEBUG if report.phase == "downloading" else logging.INFO  # every few s
+        log.log(level, "device %s: release %d %s%s", device_id, report.release, report.phase,
+                f" ({report.reason})" if report.reason else "")
 
     async def _read(
         self, request_iterator: AsyncIterator[fleet_pb2.ConnectRequest], session: Session
@@ -160,6 +219,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                     record = await self._ingest.run_in_writer(self._store.add_benchmark, record)
                     log.info("device %s: benchmark %d of %s:%s stored", session.device_id,
                              record.id, record.model, record.version)
+                elif kind == "deployment":
+                    await self._deployment(session.device_id, request.deployment)
                 else:
                     raise validation.Invalid(f"unexpected message {kind!r} after hello")
             session.close("the agent closed the stream")

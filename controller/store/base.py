@@ -46,6 +46,47 @@ class TokenRecord:
 
 
 @dataclass(frozen=True)
+class DeploymentReport:
+    """Where a device stands with its releases, as it last reported (a DeploymentStatus,
+    protos/delivery.proto); ``updated_at_ms`` is when the controller stored it (0: never)."""
+
+    release: int = 0
+    model: str = ""
+    phase: str = ""
+    reason: str = ""
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_per_s: float = 0.0
+    active_model: str = ""
+    active_release: int = 0
+    previous_model: str = ""
+    previous_release: int = 0
+    detail_json: str = ""
+    timestamp_ms: int = 0
+    updated_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """A signed manifest the controller issued. ``device_id`` "" for a bundle; ``rollback``: a
+    signed instruction to go back to this (older) release."""
+
+    release: int
+    device_id: str
+    model: str
+    version: int
+    profile: str
+    manifest_json: bytes
+    signature: bytes
+    rollback: bool
+    created_at_ms: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
+@dataclass(frozen=True)
 class DeviceRecord:
     id: str
     name: str
@@ -62,6 +103,9 @@ class DeviceRecord:
     desired_generation: int = 1
     desired_model: str = ""
     profile_override: str = ""  # the operator's choice; "" = the matched ``profile``
+    desired_release: int = 0  # the release assigned; 0 = none
+    desired_profile: str = ""  # the profile whose variant that release is
+    deployment: DeploymentReport = field(default_factory=DeploymentReport)
 
     @property
     def effective_profile(self) -> str:
@@ -181,6 +225,36 @@ class FleetStore(abc.ABC):
     @abc.abstractmethod
     def set_profile_override(self, device_id: str, profile: str) -> DeviceRecord:
         """Set ("" clears) the operator's profile for an active device. Raises NotFound."""
+
+    # releases (model delivery)
+    @abc.abstractmethod
+    def next_release(self) -> int:
+        """A new release number, higher than every one handed out before (never reused)."""
+
+    @abc.abstractmethod
+    def add_release(self, record: ReleaseRecord, blobs: Iterable[str]) -> DeviceRecord | None:
+        """Store a signed manifest and the sha256s of its files. For a device (``device_id``
+        set), in the same transaction: the device may fetch those blobs, and the release becomes
+        its desired state (desired_release, desired_model, desired_profile, and
+        desired_generation + 1); returns the device as updated. None for a bundle. Raises
+        NotFound for an unknown or removed device."""
+
+    @abc.abstractmethod
+    def desired_manifest(self, device_id: str) -> ReleaseRecord | None:
+        """The device's desired signed manifest (its newest release row); None if none."""
+
+    @abc.abstractmethod
+    def get_release(self, release: int, device_id: str) -> ReleaseRecord | None:
+        """The newest row of release number ``release`` issued to ``device_id`` ("" = bundles)."""
+
+    @abc.abstractmethod
+    def may_fetch(self, device_id: str, sha256: str) -> bool:
+        """Whether a manifest issued to the device names this blob."""
+
+    @abc.abstractmethod
+    def record_deployment(self, device_id: str, report: DeploymentReport) -> DeviceRecord:
+        """Store a device's deployment report (in place of the last one). Raises NotFound for an
+        unknown or removed device."""
 
     # benchmarks
     @abc.abstractmethod

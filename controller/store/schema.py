@@ -25,6 +25,26 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The device's last deployment report on its row: (field, column type, default, DDL to add it to
+# an older database).
+_BIG, _TEXT = "BIGINT NOT NULL DEFAULT 0", "TEXT NOT NULL DEFAULT ''"
+DEPLOYMENT_COLUMNS = (
+    ("release", BigInteger, 0, _BIG),
+    ("model", String(255), "", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ("phase", String(32), "", "VARCHAR(32) NOT NULL DEFAULT ''"),
+    ("reason", Text, "", _TEXT),
+    ("bytes_done", BigInteger, 0, _BIG),
+    ("bytes_total", BigInteger, 0, _BIG),
+    ("bytes_per_s", Float, 0.0, "FLOAT NOT NULL DEFAULT 0"),
+    ("active_model", String(255), "", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ("active_release", BigInteger, 0, _BIG),
+    ("previous_model", String(255), "", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ("previous_release", BigInteger, 0, _BIG),
+    ("detail_json", Text, "", _TEXT),
+    ("timestamp_ms", BigInteger, 0, _BIG),  # the agent's clock
+    ("updated_at_ms", BigInteger, 0, _BIG),  # when the controller stored it
+)
+
 tokens = Table(
     "tokens",
     metadata,
@@ -57,12 +77,24 @@ devices = Table(
     Column("desired_model", String(255), nullable=False, default=""),
     # The operator's choice (`slmops devices set-profile`); "" = use the matched ``profile``.
     Column("profile_override", String(255), nullable=False, default=""),
+    # Model delivery: the release assigned (its signed manifest is the device's newest row in
+    # ``releases``) and the profile whose variant it is.
+    Column("desired_release", BigInteger, nullable=False, default=0),
+    Column("desired_profile", String(255), nullable=False, default=""),
+    # The device's last DeploymentStatus (protos/delivery.proto), "dep_" + its field name.
+    *(Column(f"dep_{name}", kind, nullable=False, default=default)
+      for name, kind, default, _ in DEPLOYMENT_COLUMNS),
 )
 
 # Columns added after the first release, with their DDL default, so that an older database is
 # brought up to date at open (create_all adds missing tables, never missing columns).
 ADDED_COLUMNS = {
-    "devices": (("profile_override", "VARCHAR(255) NOT NULL DEFAULT ''"),),
+    "devices": (
+        ("profile_override", "VARCHAR(255) NOT NULL DEFAULT ''"),
+        ("desired_release", "BIGINT NOT NULL DEFAULT 0"),
+        ("desired_profile", "VARCHAR(255) NOT NULL DEFAULT ''"),
+        *((f"dep_{name}", ddl) for name, _, _, ddl in DEPLOYMENT_COLUMNS),
+    ),
 }
 
 # A name is unique among active devices only (removed ones keep theirs); both SQLite and
@@ -116,4 +148,42 @@ benchmarks = Table(
     Index("ix_benchmarks_device", "device_id", "created_at_ms"),
     Index("ix_benchmarks_model", "model", "version", "created_at_ms"),
     Index("ix_benchmarks_command", "command_id"),
+)
+
+# Every signed manifest the controller issued: one row per assignment (a new release number), per
+# rollback instruction (the number of the release it goes back to) and per bundle (device_id "").
+# A device's desired manifest is its newest row.
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("release", BigInteger, nullable=False),
+    Column("device_id", String(64), nullable=False, default=""),
+    Column("model", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile", String(255), nullable=False),
+    Column("manifest_json", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("rollback", Boolean, nullable=False, default=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Index("ix_releases_device", "device_id", "id"),
+    Index("ix_releases_release", "release", "device_id"),
+)
+
+# Which blobs a device may fetch: those named by a manifest issued to it.
+release_blobs = Table(
+    "release_blobs",
+    metadata,
+    Column("device_id", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    PrimaryKeyConstraint("device_id", "sha256", name="pk_release_blobs"),
+)
+
+# Named counters that only go up. "release": the last release number handed out; never reused,
+# whatever rows are deleted later.
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False, default=0),
 )

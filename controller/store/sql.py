@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,12 +43,14 @@ from agent.telemetry.catalog import is_known
 from controller.store.base import (
     BenchmarkRecord,
     Conflict,
+    DeploymentReport,
     DeviceRecord,
     FleetStore,
     IngestItem,
     IngestResult,
     NotFound,
     RawPoint,
+    ReleaseRecord,
     StoreError,
     TokenRecord,
     TokenRejected,
@@ -57,13 +59,16 @@ from controller.store.base import (
 from controller.store.schema import (
     ADDED_COLUMNS,
     benchmarks,
+    counters,
     devices,
     metadata,
     points,
+    release_blobs,
+    releases,
     series,
     tokens,
 )
-from controller.store.sqlite_wal import set_wal
+from controller.store.sqlite_wal import create_private, set_wal
 
 _WRITE = "slmops_write"  # execution option: this transaction will write (BEGIN IMMEDIATE)
 _CHUNK = 500  # ids per IN (...) list; far below every backend's bound-parameter limit
@@ -90,18 +95,36 @@ def _token(row: Row[Any]) -> TokenRecord:
     )
 
 
+_DEP = "dep_"  # the deployment report's columns on a device row (schema.DEPLOYMENT_COLUMNS)
+_RELEASE_COUNTER = "release"
+
+
 def _device(row: Row[Any]) -> DeviceRecord:
     m = dict(row._mapping)
     m["labels"] = json.loads(m["labels"])
     m["hardware"] = json.loads(m["hardware"])
-    return DeviceRecord(**m)
+    report = {k[len(_DEP):]: m.pop(k) for k in list(m) if k.startswith(_DEP)}
+    return DeviceRecord(**m, deployment=DeploymentReport(**report))
 
 
 def _device_values(d: DeviceRecord) -> dict[str, Any]:
-    values = {c.name: getattr(d, c.name) for c in devices.columns}
+    values = {c.name: getattr(d, c.name) for c in devices.columns if not c.name.startswith(_DEP)}
+    values.update(_deployment_values(d.deployment))
     values["labels"] = json.dumps(dict(d.labels), sort_keys=True)
     values["hardware"] = json.dumps(dict(d.hardware), sort_keys=True)
     return values
+
+
+def _deployment_values(report: DeploymentReport) -> dict[str, Any]:
+    return {_DEP + f.name: getattr(report, f.name) for f in fields(report)}
+
+
+def _release(row: Row[Any]) -> ReleaseRecord:
+    m = dict(row._mapping)
+    m.pop("id")
+    m["manifest_json"], m["signature"] = bytes(m["manifest_json"]), bytes(m["signature"])
+    m["rollback"] = bool(m["rollback"])
+    return ReleaseRecord(**m)
 
 
 def _benchmark(row: Row[Any]) -> BenchmarkRecord:
@@ -171,8 +194,7 @@ class SqlFleetStore(FleetStore):
             engine = create_engine(parsed, connect_args={"check_same_thread": False})
             db = Path(path)
             try:
-                db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+                create_private(db)
                 os.chmod(db, 0o600)  # holds token verifiers; SQLite gives -wal/-shm this mode
             except OSError as e:
                 raise StoreError(
@@ -428,6 +450,63 @@ class SqlFleetStore(FleetStore):
                 conn.execute(seen, plain)
             if with_dropped:
                 conn.execute(both, with_dropped)
+
+    # releases
+    def next_release(self) -> int:
+        with self._write() as conn:
+            conn.execute(self._insert(counters).values(name=_RELEASE_COUNTER, value=0))
+            where = counters.c.name == _RELEASE_COUNTER
+            conn.execute(update(counters).where(where).values(value=counters.c.value + 1))
+            return int(conn.execute(select(counters.c.value).where(where)).scalar_one())
+
+    def add_release(self, record: ReleaseRecord, blobs: Iterable[str]) -> DeviceRecord | None:
+        values = {c.name: getattr(record, c.name) for c in releases.columns if c.name != "id"}
+        shas = sorted(set(blobs))
+        with self._write() as conn:
+            found = self._active(conn, record.device_id) if record.device_id else None
+            conn.execute(insert(releases).values(values))
+            if found is None:
+                return None
+            if shas:
+                conn.execute(self._insert(release_blobs),
+                             [{"device_id": record.device_id, "sha256": sha} for sha in shas])
+            conn.execute(update(devices).where(devices.c.id == record.device_id).values(
+                desired_release=record.release, desired_model=record.ref,
+                desired_profile=record.profile,
+                desired_generation=devices.c.desired_generation + 1,
+            ))
+            return _device(conn.execute(
+                select(devices).where(devices.c.id == record.device_id)).one())
+
+    def desired_manifest(self, device_id: str) -> ReleaseRecord | None:
+        if not device_id:
+            return None
+        stmt = (select(releases).where(releases.c.device_id == device_id)
+                .order_by(releases.c.id.desc()).limit(1))
+        with self._read() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else _release(row)
+
+    def get_release(self, release: int, device_id: str) -> ReleaseRecord | None:
+        stmt = (select(releases).where(releases.c.release == release,
+                                       releases.c.device_id == device_id)
+                .order_by(releases.c.id.desc()).limit(1))
+        with self._read() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else _release(row)
+
+    def may_fetch(self, device_id: str, sha256: str) -> bool:
+        stmt = select(release_blobs.c.sha256).where(release_blobs.c.device_id == device_id,
+                                                    release_blobs.c.sha256 == sha256)
+        with self._read() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def record_deployment(self, device_id: str, report: DeploymentReport) -> DeviceRecord:
+        with self._write() as conn:
+            found = self._active(conn, device_id)
+            conn.execute(update(devices).where(devices.c.id == device_id).values(
+                _deployment_values(report)))
+        return replace(found, deployment=report)
 
     # benchmarks
     def add_benchmark(self, record: BenchmarkRecord) -> BenchmarkRecord:
