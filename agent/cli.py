@@ -64,11 +64,15 @@ def main() -> None:
 @click.option("--spool-max-samples", type=int, default=50_000, show_default=True)
 @click.option("--max-backoff", type=float, default=30.0, show_default=True, help="seconds")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="the active model variant directory: served to local apps and benchmarked on command")
+              help="a model variant directory to serve until the controller's release is active")
 @click.option("--serve", "serve_listen", default="127.0.0.1:8080", show_default=True,
-              help="with --model: HOST:PORT of the OpenAI-compatible HTTP server")
+              help="HOST:PORT of the OpenAI-compatible HTTP server, once there is a model to serve")
 @click.option("--grpc-listen", default="127.0.0.1:50051", show_default=True,
-              help="with --model: HOST:PORT of the gRPC InferenceService ('' for none)")
+              help="HOST:PORT of the gRPC InferenceService ('' for none)")
+@click.option("--max-download-rate", type=float, default=0.0, show_default=True,
+              help="cap model downloads at this many MB/s (0: no cap)")
+@click.option("--keep-free-mb", type=click.IntRange(0), default=64, show_default=True,
+              help="a model download that would leave less free space on the data dir's disk fails")
 @click.option("--api-key", default="", envvar="SLMOPS_API_KEY", help="require this Bearer key on /v1/*")
 @click.option("--bench-timeout", type=float, default=1800.0, show_default=True,
               help="seconds a benchmark the controller asks for may take")
@@ -76,24 +80,25 @@ def main() -> None:
 def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: str,
         labels: tuple[str, ...], telemetry_interval: float, heartbeat_interval: float,
         batch_max: int, spool_max_samples: int, max_backoff: float, model_dir: Path | None,
-        serve_listen: str, grpc_listen: str, api_key: str, bench_timeout: float, as_json: bool) -> None:
+        serve_listen: str, grpc_listen: str, max_download_rate: float, keep_free_mb: int, api_key: str,
+        bench_timeout: float, as_json: bool) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C."""
     fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}' if as_json
            else "%(asctime)s %(levelname)s %(message)s")
     logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
     try:
+        serve_host, serve_port = _parse_listen(serve_listen)
         settings = AgentSettings(
             data_dir=data_dir, controller=controller, enroll_address=enroll_address, token=token,
             name=name, labels=_parse_labels(labels), telemetry_interval_s=telemetry_interval,
             spool_max_samples=spool_max_samples, model=model_dir, bench_timeout_s=bench_timeout,
             link=LinkSettings(heartbeat_interval_s=heartbeat_interval,
                               batch_max_samples=batch_max, max_backoff_s=max_backoff),
+            serve_host=serve_host, serve_port=serve_port, grpc_listen=grpc_listen, api_key=api_key,
+            download_bytes_per_s=max_download_rate * 1e6, keep_free_bytes=keep_free_mb * 2**20,
         )
-        serving = None
-        if model_dir is not None:
-            serving = (_load_slot(model_dir, as_json), *_parse_listen(serve_listen), grpc_listen,
-                       api_key or None)
-        asyncio.run(_run_until_signal(Agent(settings), serving))
+        slot = _load_slot(model_dir, as_json) if model_dir is not None else None
+        asyncio.run(_run_until_signal(Agent(settings, slot)))
     except OSError as e:
         _fail(f"can't listen: {e.strerror or e}", EXIT_USAGE, as_json)
     except (SettingsError, TokenFormatError, IdentityError) as e:
@@ -119,16 +124,7 @@ def _load_slot(model_dir: Path, as_json: bool, threads: int | None = None, name:
     return slot
 
 
-async def _run_until_signal(agent: Agent, serving: tuple | None = None) -> None:
-    local = None
-    if serving is not None:
-        from agent.serve.local import start_local_serving
-
-        slot, host, port, grpc_listen, api_key = serving
-        local = await start_local_serving(slot, host, port, grpc_listen, api_key=api_key)
-        agent.serve_metrics = local.http  # inference figures flow into the telemetry
-        logging.getLogger(__name__).info("serving %s on %s/v1 (gRPC %s)", local.info()["model"],
-                                         local.http.url, local.info()["grpc"] or "off")
+async def _run_until_signal(agent: Agent) -> None:
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,9 +133,6 @@ async def _run_until_signal(agent: Agent, serving: tuple | None = None) -> None:
         await task
     except asyncio.CancelledError:
         logging.getLogger(__name__).info("stopped")
-    finally:
-        if local is not None:
-            await local.stop()
 
 
 @main.command()
@@ -210,7 +203,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
 @click.option("--max-queued", type=click.IntRange(0), default=64, show_default=True,
               help="requests that may wait for a worker; more get 503")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="onnxruntime threads per generation (default: onnxruntime's)")
+              help="onnxruntime threads (default: one per core)")
 @click.option("--json", "as_json", is_flag=True, help="print the address and model as JSON")
 def serve(model_dir: Path | None, listen: str, grpc_listen: str, api_key: str, name: str, workers: int,
           max_queued: int, threads: int | None, as_json: bool) -> None:
@@ -256,3 +249,53 @@ async def _serve_until_signal(slot: ModelSlot, host: str, port: int, grpc_listen
 
 
 main.add_command(bench)
+
+
+@main.command("install-bundle")
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
+    """Install a model bundle (slmops bundle export) on a device with no network path to the
+    controller: the same signature, profile, release, hash and on-device gate checks as a
+    network delivery. Run it while the agent is stopped; the agent serves it when it starts."""
+    from agent.delivery.bundle import BundleError
+    from agent.delivery.manifest import ManifestRefused
+    from agent.delivery.updater import Updater
+    from agent.engine import ModelSlot
+    from agent.hardware import detect_hardware
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        identity = Identity.load(data_dir)
+    except IdentityError as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+        return
+    if identity is None:
+        _fail(f"{data_dir} holds no identity: enroll this device first (slmops-agent run --token ...); "
+              "the bundle's signature is checked against the controller key pinned at enrollment",
+              EXIT_USAGE, as_json)
+        return
+    statuses = []
+
+    def no_channel():  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bundle install has no network path")
+
+    updater = Updater(data_dir, identity.manifest_public_key, detect_hardware(data_dir), ModelSlot(),
+                      no_channel, statuses.append)
+    try:
+        phase = asyncio.run(updater.install_bundle(bundle))
+    except (BundleError, ManifestRefused) as e:
+        _fail(f"{bundle}: {e}", EXIT_REFUSED, as_json)
+        return
+    last = statuses[-1] if statuses else None
+    info = {"bundle": str(bundle), "phase": phase, "reason": last.reason if last else "",
+            "release": last.release if last else 0, "model": last.model if last else "",
+            "active_model": last.active_model if last else ""}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"{info['model']} (release {info['release']}): {phase}"
+                   + (f": {info['reason']}" if info["reason"] else ""))
+    if phase not in ("active", "rolled_back"):
+        sys.exit(EXIT_REFUSED)

@@ -1,5 +1,7 @@
 """The agent daemon: enroll once, then sample telemetry into the spool and keep the link up,
-and run what the controller asks of the device (commands: a benchmark of the active model)."""
+converge to the desired state (the release the controller assigned: agent/delivery), serve the
+active model to local apps, and run what the controller asks of the device (commands: a
+benchmark of the active model)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ from typing import Any
 
 from agent import __version__
 from agent.bench import BenchError, BenchOptions, bench_in_child
+from agent.delivery.channel import DeliveryChannel
+from agent.delivery.updater import Updater
+from agent.engine import ModelSlot
 from agent.enroll import EnrollmentError, enroll
+from agent.files import write_atomic
 from agent.hardware import detect_hardware
 from agent.identity import Identity
 from agent.link import ControllerLink, LinkSettings, backoff_delay, command_result
@@ -24,6 +30,7 @@ from agent.telemetry.spool import Spool
 from protos import common_pb2, fleet_pb2
 
 log = logging.getLogger(__name__)
+SERVING_FILE = "serving.json"  # where this agent serves local apps, once it does
 
 
 class SettingsError(ValueError):
@@ -41,8 +48,14 @@ class AgentSettings:
     telemetry_interval_s: float = 10.0
     spool_max_samples: int = 50_000
     link: LinkSettings = field(default_factory=LinkSettings)
-    model: Path | None = None  # the active model variant's directory, if any
+    model: Path | None = None  # a variant directory to serve until a release is active
     bench_timeout_s: float = 1800.0
+    serve_host: str = "127.0.0.1"
+    serve_port: int | None = None  # None = don't serve local apps (`run` serves on 8080)
+    grpc_listen: str = ""  # "" = no gRPC InferenceService
+    api_key: str = ""
+    download_bytes_per_s: float = 0.0  # 0 = no cap
+    keep_free_bytes: int = 64 * 2**20  # a download that would leave less free fails
 
     def __post_init__(self) -> None:
         checks = [
@@ -52,6 +65,7 @@ class AgentSettings:
             ("--batch-max", self.link.batch_max_samples, 1, 1_000),
             ("--spool-max-samples", self.spool_max_samples, 1, 10_000_000),
             ("--bench-timeout", self.bench_timeout_s, 1, 86_400),
+            ("--max-download-rate", self.download_bytes_per_s, 0, 1e12),
         ]
         for flag, value, low, high in checks:
             if not low <= value <= high:
@@ -103,13 +117,16 @@ def benchmark_message(command_id: str, report: dict[str, Any]) -> fleet_pb2.Conn
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, slot: ModelSlot | None = None) -> None:
         self.settings = settings
+        self.slot = slot or ModelSlot()
         self.desired: fleet_pb2.DesiredState | None = None
         # While a model is served in this process: its ServeMetrics, or the RunningServer of
-        # agent/serve (anything with their stats()). Set by whoever starts serving; the
-        # telemetry sampler reads it (agent/telemetry/inference.py).
+        # agent/serve (anything with their stats()). Set when serving starts; the telemetry
+        # sampler reads it (agent/telemetry/inference.py).
         self.serve_metrics: Any = None
+        self.local: Any = None  # agent.serve.local.LocalServing once serving
+        self.updater: Updater | None = None
         self._bench_lock = asyncio.Lock()
 
     async def handle_command(self, command: fleet_pb2.Command) -> list[fleet_pb2.ConnectRequest]:
@@ -120,10 +137,12 @@ class Agent:
 
     async def _bench(self, command: fleet_pb2.Command) -> list[fleet_pb2.ConnectRequest]:
         """Benchmark the active model in a child process (its peak RSS is the model's)."""
-        model = self.settings.model
+        loaded = self.slot.current
+        model = loaded.engine.info.path if loaded is not None else self.settings.model
         if model is None:
             return [command_result(command.id, False, error=(
-                "no active model on this device; start its agent with --model VARIANT_DIR"))]
+                "no active model on this device; assign one (slmops devices assign) or start its "
+                "agent with --model VARIANT_DIR"))]
         if self._bench_lock.locked():
             return [command_result(command.id, False, error=(
                 "a benchmark is already running on this device; wait for its report"))]
@@ -175,16 +194,44 @@ class Agent:
 
     def _on_desired_state(self, state: fleet_pb2.DesiredState) -> None:
         self.desired = state
-        log.info("desired state generation %d: labels %s", state.generation, dict(state.labels))
+        log.info("desired state generation %d: model %s, profile %s, labels %s", state.generation,
+                 state.model or "none", state.profile or "?", dict(state.labels))
+        if self.updater is not None:
+            self.updater.on_desired(state.profile, state.manifest if state.HasField("manifest") else None)
+
+    async def ensure_serving(self) -> None:
+        """Start the local HTTP and gRPC servers once there is a model to serve."""
+        if self.local is not None or self.slot.current is None or self.settings.serve_port is None:
+            return
+        from agent.serve.local import start_local_serving
+
+        s = self.settings
+        self.local = await start_local_serving(self.slot, s.serve_host, s.serve_port, s.grpc_listen,
+                                               api_key=s.api_key or None)
+        self.serve_metrics = self.local.http  # inference figures flow into the telemetry
+        info = self.local.info()
+        write_atomic(s.data_dir / SERVING_FILE, json.dumps(
+            {"url": self.local.http.url, "grpc": info["grpc"]}).encode())
+        log.info("serving %s on %s/v1 (gRPC %s)", info["model"], self.local.http.url, info["grpc"] or "off")
 
     async def run(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        (s.data_dir / SERVING_FILE).unlink(missing_ok=True)
         hardware = await asyncio.to_thread(detect_hardware, s.data_dir)  # nvidia-smi may hang
         identity = await self.obtain_identity(hardware)
         spool = Spool(s.data_dir / "telemetry.db", s.spool_max_samples)
         link = ControllerLink(identity, spool, hardware, s.link, self._on_desired_state,
                               self.handle_command)
+        delivery = DeliveryChannel(identity)
+        self.updater = Updater(s.data_dir, identity.manifest_public_key, hardware, self.slot, delivery.get,
+                               link.set_status, max_bytes_per_s=s.download_bytes_per_s,
+                               reserve_bytes=s.keep_free_bytes, on_active=self.ensure_serving)
+        if await asyncio.to_thread(self.updater.load_active) is None and s.model is not None \
+                and self.slot.current is None:
+            await asyncio.to_thread(self.slot.load, s.model)
+        await self.ensure_serving()
+        self.updater.resume()
         sampler = SystemSampler(s.data_dir)
         sampling = asyncio.create_task(self._sample(sampler, spool, link))
         try:
@@ -192,6 +239,11 @@ class Agent:
         finally:
             sampling.cancel()
             await asyncio.gather(sampling, return_exceptions=True)
+            await self.updater.stop()
+            await delivery.close()
+            if self.local is not None:
+                await self.local.stop()
+            self.slot.unload()
             spool.close()
 
     async def _sample(self, sampler: SystemSampler, spool: Spool, link: ControllerLink) -> None:

@@ -25,7 +25,7 @@ import grpc
 from agent import __version__
 from agent.identity import Identity
 from agent.telemetry.spool import Spool
-from protos import common_pb2, fleet_pb2, fleet_pb2_grpc
+from protos import common_pb2, delivery_pb2, fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class ControllerLink:
         self._on_command = on_command
         self._outbox: collections.deque[fleet_pb2.ConnectRequest] = collections.deque()
         self._outbox_ready = asyncio.Event()
+        # The latest deployment status: sent once per change, and again on every new stream so
+        # the controller always knows where the device stands (older ones are superseded).
+        self._status: fleet_pb2.ConnectRequest | None = None
+        self._status_sent = True
         self._commands: set[asyncio.Task[None]] = set()
         self._new_samples = asyncio.Event()
         self._rng = random.Random()
@@ -104,6 +108,12 @@ class ControllerLink:
 
     def notify_new_samples(self) -> None:
         self._new_samples.set()
+
+    def set_status(self, status: delivery_pb2.DeploymentStatus) -> None:
+        """Send ``status`` upstream as soon as a stream is up (latest wins)."""
+        self._status = fleet_pb2.ConnectRequest(deployment=status)
+        self._status_sent = False
+        self._outbox_ready.set()
 
     async def run(self) -> None:
         """Run until cancelled; raises DeviceRefused if the controller refuses this device."""
@@ -218,11 +228,18 @@ class ControllerLink:
         self._outbox_ready.set()
 
     async def _send_outbox(self, write) -> None:  # type: ignore[no-untyped-def]
+        self._status_sent = self._status is None  # a new stream hears the latest status again
         while True:
+            self._outbox_ready.clear()
             while self._outbox:
                 await write(self._outbox[0])  # removed only once written: a cut stream resends
                 self._outbox.popleft()
-            self._outbox_ready.clear()
+            status = self._status
+            if status is not None and not self._status_sent:
+                await write(status)
+                self._status_sent = status is self._status
+            if self._outbox or not self._status_sent:
+                continue
             await self._outbox_ready.wait()
 
     async def _heartbeats(self, write) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,6 @@
 """A real controller on 127.0.0.1 port 0, running on its own event loop thread, and sync
-clients that talk to it through real mTLS channels: admin, enrollment, and device streams."""
+clients that talk to it through real mTLS channels: admin, enrollment, and device streams; and
+real agent daemons beside it, each on an event loop thread of its own."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from agent.daemon import Agent, AgentSettings
 from agent.enroll import enroll
 from agent.identity import Identity
-from agent.link import CHANNEL_OPTIONS, channel_credentials
+from agent.link import CHANNEL_OPTIONS, LinkSettings, channel_credentials
 from controller.client_config import ClientConfig
 from controller.server import Controller
 from controller.settings import ControllerSettings
@@ -130,4 +132,35 @@ class RunningController:
         for channel in self._channels:
             channel.close()
         self.run(self.controller.stop(grace_s=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class RunningAgent:
+    """The agent daemon (agent.daemon.Agent) on its own event loop thread, enrolling with ``ctl``
+    as ``name`` on its first run. ``settings`` override AgentSettings (e.g. ``model=``,
+    ``serve_port=0`` to serve local apps on a free port)."""
+
+    def __init__(self, ctl: RunningController, data_dir: Path, name: str, **settings: Any) -> None:
+        self.data_dir = data_dir
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.agent = Agent(AgentSettings(**{
+            "data_dir": data_dir, "controller": ctl.endpoints.listen, "enroll_address": ctl.endpoints.enroll,
+            "token": ctl.token(), "name": name, "telemetry_interval_s": 0.2,
+            "link": LinkSettings(heartbeat_interval_s=0.5, min_backoff_s=0.1, max_backoff_s=1.0),
+            **settings}))
+        self.future = asyncio.run_coroutine_threadsafe(self.agent.run(), self.loop)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the agent's event loop; its result."""
+        async def run() -> Any:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.future.cancel)
+        try:
+            self.future.result(15)
+        except BaseException:  # noqa: BLE001 - cancelled is the expected end
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -3,9 +3,7 @@ agent daemon over real mTLS; the agent benchmarks a real tiny variant in a child
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +12,8 @@ import grpc
 import pytest
 import variants
 from click.testing import CliRunner
-from inproc import RunningController
+from inproc import RunningAgent, RunningController
 
-from agent.daemon import Agent, AgentSettings
-from agent.link import LinkSettings
 from agent.serve.metrics import ServeMetrics
 from controller.build.profiles import builtin_profiles
 from controller.cli.main import cli
@@ -38,34 +34,12 @@ def labelled(tiny: variants.TinyVariants, tmp_path_factory: pytest.TempPathFacto
     return variant
 
 
-class RunningAgent:
-    """The agent daemon (agent.daemon.Agent) on its own event loop thread."""
-
-    def __init__(self, ctl: RunningController, data_dir: Path, name: str,
-                 model: Path | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.agent = Agent(AgentSettings(
-            data_dir=data_dir, controller=ctl.endpoints.listen, enroll_address=ctl.endpoints.enroll,
-            token=ctl.token(), name=name, model=model, telemetry_interval_s=0.2,
-            link=LinkSettings(heartbeat_interval_s=0.5, min_backoff_s=0.1, max_backoff_s=1.0)))
-        self.future = asyncio.run_coroutine_threadsafe(self.agent.run(), self.loop)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.future.cancel)
-        try:
-            self.future.result(10)
-        except BaseException:  # noqa: BLE001 - cancelled is the expected end
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 @pytest.fixture
 def agents(ctl: RunningController, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
     started: list[RunningAgent] = []
 
     def start(name: str, model: Path | None = None) -> RunningAgent:
-        agent = RunningAgent(ctl, tmp_path / name, name, model)
+        agent = RunningAgent(ctl, tmp_path / name, name, model=model)
         started.append(agent)
         _wait_for(lambda: _status(ctl, name) == "online", f"{name} to come online")
         return agent

@@ -94,6 +94,25 @@ def tiny_variants(factory: pytest.TempPathFactory) -> TinyVariants:
     return built
 
 
+def golden_rows(variant: Path, rows: list[dict], n: int) -> list[dict[str, str]]:
+    """The first ``n`` rows' prompts with ``variant``'s own greedy answers, judged as the
+    on-device gate judges them: golden prompts the variant passes."""
+    from agent.delivery.gate import clean_answer, plain_prompt
+    from agent.engine import Engine, SamplingParams
+
+    engine = Engine.load(variant)
+    try:
+        golden = []
+        for row in rows[:n]:
+            text = (engine.chat_prompt([{"role": "user", "content": row["prompt"]}])
+                    if engine.info.chat_template is not None else plain_prompt(row["prompt"]))
+            answer = engine.complete(text, SamplingParams(max_tokens=64)).text
+            golden.append({"prompt": row["prompt"], "answer": clean_answer(answer)})
+        return golden
+    finally:
+        engine.close()
+
+
 def copy_variant(src: Path, dest: Path) -> Path:
     """A copy of a variant directory that a test may damage."""
     import shutil

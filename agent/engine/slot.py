@@ -2,6 +2,8 @@
 
 ``ModelSlot.load`` loads the new variant completely before it takes the old one's place, in one
 assignment under a lock, so a request sees either the old engine or the new one, never none.
+``ModelSlot.install`` does that last step alone, for an engine loaded and checked elsewhere (the
+updater gates a staged variant on this hardware before it goes live).
 A load that fails (missing or corrupt file) leaves the old engine serving and is remembered in
 ``last_error``. Requests already running on the old engine finish on it.
 """
@@ -56,12 +58,18 @@ class ModelSlot:
         except VariantError as e:
             self.last_error = str(e)
             raise
-        loaded = Loaded(engine, name or engine.info.name, version, time.time(),
-                        time.perf_counter() - started)
+        return self.install(engine, name=name, version=version,
+                            load_seconds=time.perf_counter() - started)
+
+    def install(self, engine: Engine, *, name: str | None, version: str, load_seconds: float) -> Loaded:
+        """Make an engine that is already loaded (and, for a delivery, gated) the served model:
+        one assignment under the lock, then the old engine is closed. Streams already running on
+        the old engine finish on it; new requests get this one."""
+        loaded = Loaded(engine, name or engine.info.name, version, time.time(), load_seconds)
         with self._lock:
             old, self._current = self._current, loaded
             self.last_error = None
-        if old is not None:
+        if old is not None and old.engine is not engine:
             old.engine.close()
         return loaded
 

@@ -1,0 +1,264 @@
+"""Delivery end to end: a real controller and real agent daemons in this process, over real mTLS,
+with a real tiny variant. An assignment goes live and is served over HTTP; a variant that fails
+the on-device gate, a byte flipped on the controller's disk, a full disk, a tampered, replayed,
+expired or foreign manifest all leave the old model serving with a clear reason; a rollback
+goes back to the previous slot. (Killed processes: test_delivery_processes.py.)"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import variants
+from inproc import RunningAgent, RunningController
+
+from agent.delivery.manifest import Manifest, sign, verify
+from controller.pki import load_or_create_signing_key
+from protos import admin_pb2, delivery_pb2
+
+N_GOLDEN = 8
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
+    return variants.tiny_variants(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
+    """Held-out prompts with the int4 variant's own greedy answers, judged as the gate judges."""
+    return variants.golden_rows(tiny.int4, tiny.test_rows, N_GOLDEN)
+
+
+def _url(agent: RunningAgent) -> str:
+    return json.loads((agent.data_dir / "serving.json").read_text())["url"]
+
+
+@pytest.fixture
+def agents(ctl: RunningController, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
+    started: list[RunningAgent] = []
+
+    def start(name: str, **settings: Any) -> RunningAgent:
+        agent = RunningAgent(ctl, tmp_path / name, name, serve_port=0, **settings)
+        started.append(agent)
+        _wait_for(lambda: _device(ctl, name).status == "online", f"{name} to come online")
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def _device(ctl: RunningController, name: str) -> admin_pb2.Device:
+    try:
+        return ctl.admin.GetDevice(admin_pb2.GetDeviceRequest(id=name), timeout=5).device
+    except grpc.RpcError:
+        return admin_pb2.Device()
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _register(ctl: RunningController, root: Path, name: str, variant: Path, profile: str,
+              golden: list[dict[str, str]], correct: int | None = None) -> str:
+    """A model version whose variant for ``profile`` is a copy of ``variant``, passed, with
+    ``golden`` as the gate's prompts; returns NAME:VERSION."""
+    model = root / f"{name}-model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"name": name}))
+    registry = ctl.controller.registry
+    (record,) = registry.register([{"name": name, "kind": "base", "path": str(model)}])
+    copy = variants.copy_variant(variant, root / f"{name}-{record.version}-variant")
+    registry.add_variants(record.ref, [{
+        "profile": profile, "precision": "int4", "provider": "cpu", "runtime": "onnxruntime-genai",
+        "status": "passed", "reason": "", "path": str(copy),
+        "metrics": {"exact_match": 0.5, "exact_match_delta": 0.0, "tokens_per_s": 100.0,
+                    "golden": {"rows": golden, "correct": len(golden) if correct is None else correct}},
+        "build": {"gates": {"max_accuracy_drop": 2.0, "min_tokens_per_s": 1.0,
+                            "max_memory_bytes": 8 * 2**30}}}])
+    return record.ref
+
+
+def _assign(ctl: RunningController, device: str, model: str) -> int:
+    return ctl.admin.AssignModel(admin_pb2.AssignModelRequest(id=device, model=model), timeout=30).release
+
+
+def _phase(ctl: RunningController, device: str, release: int, *phases: str) -> admin_pb2.Deployment:
+    """Wait until the device reports ``release`` in one of ``phases``; its deployment."""
+    found: list[admin_pb2.Deployment] = []
+
+    def reached() -> bool:
+        deployment = _device(ctl, device).deployment
+        found[:] = [deployment]
+        return deployment.desired_release == release and deployment.phase in phases and (
+            deployment.phase not in ("active", "rolled_back") or deployment.active_release == release)
+
+    try:
+        _wait_for(reached, f"{device} to report release {release} {'/'.join(phases)}")
+    except AssertionError:
+        raise AssertionError(f"last deployment report: {found[0] if found else None}") from None
+    return found[0]
+
+
+def _ask(agent: RunningAgent, model: str) -> dict[str, Any]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Are you open on Sunday?"}],
+                       "max_tokens": 8}).encode()
+    request = urllib.request.Request(_url(agent) + "/v1/chat/completions", body,
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def live(ctl: RunningController, agents, tiny, golden, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """edge-1 running support:1 (release r1), served over HTTP."""
+    agent = agents("edge-1")
+    profile = _device(ctl, "edge-1").profile
+    ref = _register(ctl, tmp_path, "support", tiny.int4, profile, golden)
+    release = _assign(ctl, "edge-1", ref)
+    _phase(ctl, "edge-1", release, "active")
+    return agent, profile, release
+
+
+def test_an_assigned_model_goes_live_and_is_served(ctl: RunningController, live) -> None:
+    agent, profile, release = live
+    deployment = _device(ctl, "edge-1").deployment
+    assert (deployment.active_model, deployment.active_release) == ("support:1", release)
+    assert deployment.desired_model == "support:1" and deployment.desired_variant == profile
+    gate = json.loads(deployment.detail_json)
+    assert gate["correct"] == gate["n"] == N_GOLDEN and gate["accuracy"] == 1.0
+    answer = _ask(agent, "support")
+    assert answer["model"] == "support" and answer["usage"]["completion_tokens"] > 0
+    staged = agent.data_dir / "models" / f"r{release}"
+    assert (staged / "genai_config.json").is_file()
+    assert json.loads((agent.data_dir / "models" / "slots.json").read_text())["active"] == release
+
+
+def test_a_variant_that_fails_the_gate_is_not_switched_to(ctl: RunningController, live, tiny,
+                                                          golden, tmp_path: Path) -> None:
+    agent, profile, first = live
+    wrong = [{"prompt": row["prompt"], "answer": "no such answer"} for row in golden]
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, wrong)
+    release = _assign(ctl, "edge-1", ref)
+    deployment = _phase(ctl, "edge-1", release, "failed")
+    assert deployment.reason.startswith("gate:") and f"0/{N_GOLDEN}" in deployment.reason
+    assert json.loads(deployment.detail_json)["accuracy"] == 0.0
+    assert deployment.active_release == first and deployment.active_model == "support:1"
+    assert _ask(agent, "support")["usage"]["completion_tokens"] > 0  # the old one still serves
+
+
+def test_rollback_returns_to_the_previous_release_without_a_download(
+        ctl: RunningController, live, tiny, golden, tmp_path: Path) -> None:
+    agent, profile, first = live
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, golden)
+    second = _assign(ctl, "edge-1", ref)
+    deployment = _phase(ctl, "edge-1", second, "active")
+    assert (deployment.previous_model, deployment.previous_release) == ("support:1", first)
+    assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
+
+    response = ctl.admin.RollbackDevice(admin_pb2.RollbackDeviceRequest(id="edge-1"), timeout=30)
+    assert response.release == first
+    deployment = _phase(ctl, "edge-1", first, "rolled_back")
+    assert deployment.active_model == "support:1"
+    assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{first}"
+
+
+def test_a_byte_flipped_on_the_controller_is_caught_and_nothing_is_staged(
+        ctl: RunningController, agents, tiny, golden, tmp_path: Path) -> None:
+    agent = agents("edge-1")
+    profile = _device(ctl, "edge-1").profile
+    ref = _register(ctl, tmp_path, "support", tiny.int4, profile, golden)
+    variant = ctl.controller.registry.deployable_variant(ref, profile)
+    graph = ctl.controller.registry.variant_path(variant) / "model.onnx"
+    release = _assign(ctl, "edge-1", ref)  # the controller hashes its files now
+    with open(graph, "r+b") as f:  # the blob store shares the file's inode
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    deployment = _phase(ctl, "edge-1", release, "failed")
+    assert "hash mismatch" in deployment.reason
+    assert not (agent.data_dir / "models" / f"r{release}").exists()
+    assert deployment.active_release == 0
+
+
+def test_a_full_disk_fails_with_the_numbers(ctl: RunningController, agents, tiny, golden,
+                                            tmp_path: Path) -> None:
+    agent = agents("edge-1", keep_free_bytes=2**62)  # no disk has that much to spare
+    ref = _register(ctl, tmp_path, "support", tiny.int4, _device(ctl, "edge-1").profile, golden)
+    release = _assign(ctl, "edge-1", ref)
+    deployment = _phase(ctl, "edge-1", release, "failed")
+    assert deployment.reason.startswith("insufficient storage: need ")
+    assert " free on " in deployment.reason
+    assert not any((agent.data_dir / "blobs").iterdir())
+
+
+# --- manifests the agent must refuse ------------------------------------------------------------
+
+def _signed(ctl: RunningController, manifest: Manifest) -> delivery_pb2.SignedManifest:
+    key = load_or_create_signing_key(ctl.controller.settings.data_dir / "pki" / "manifest-signing.key")
+    body, signature = sign(manifest, key)
+    return delivery_pb2.SignedManifest(manifest_json=body, signature=signature)
+
+
+def _refusal(agent: RunningAgent, profile: str, signed: delivery_pb2.SignedManifest) -> str:
+    updater = agent.agent.updater
+    agent.call(lambda: updater.on_desired(profile, signed))
+    _wait_for(lambda: updater.last is not None and updater.last.phase == "refused", "a refusal", 10)
+    return updater.last.reason
+
+
+def test_refused_manifests_leave_the_live_model_alone(ctl: RunningController, live) -> None:
+    agent, profile, release = live
+    updater = agent.agent.updater
+    active = updater.slots.active()
+    current = verify(active.manifest_json, active.signature, agent.agent.updater._public_key)
+    blobs_before = sorted(p.name for p in (agent.data_dir / "blobs").iterdir())
+
+    tampered = bytearray(active.manifest_json)
+    tampered[tampered.index(b'"version":1') + 10] = ord("7")
+    reason = _refusal(agent, profile, delivery_pb2.SignedManifest(manifest_json=bytes(tampered),
+                                                                  signature=active.signature))
+    assert reason.startswith("bad signature")
+
+    older = replace(current, release=release - 1 if release > 1 else 0)
+    assert _refusal(agent, profile, _signed(ctl, older)).startswith("rollback attack")
+
+    expired = replace(current, release=release + 100, expires_at_ms=int(time.time() * 1000) - 1)
+    assert _refusal(agent, profile, _signed(ctl, expired)).startswith("expired")
+
+    foreign = replace(current, release=release + 101, profile="some-other-profile")
+    assert _refusal(agent, profile, _signed(ctl, foreign)).startswith("wrong profile")
+
+    assert updater.slots.active().release == release
+    assert sorted(p.name for p in (agent.data_dir / "blobs").iterdir()) == blobs_before  # nothing fetched
+    assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
+
+
+def test_a_new_version_with_the_same_weights_moves_only_the_bytes_that_differ(
+        ctl: RunningController, live, tiny, golden, tmp_path: Path) -> None:
+    agent, profile, first = live
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, golden)
+    second = _assign(ctl, "edge-1", ref)
+    deployment = _phase(ctl, "edge-1", second, "active")
+    assert deployment.active_model == "support:2"
+    full, update = [json.loads(s) for s in _downloading_details(agent)]
+    assert full["missing"] == full["files"] and full["bytes_to_fetch"] > 100_000
+    # Only slmops-variant.json, which names the version, differs: a few KB.
+    assert update["missing"] == 1 and 0 < update["bytes_to_fetch"] < 0.05 * full["bytes_to_fetch"]
+
+
+def _downloading_details(agent: RunningAgent) -> list[str]:
+    log = agent.agent.updater.history
+    return [s.detail_json for s in log if s.phase == "downloading" and s.detail_json != "{}"]
