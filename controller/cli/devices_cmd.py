@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from controller.cli import bench_view, views
 from controller.cli.client import AdminClient
@@ -15,17 +16,22 @@ from protos import admin_pb2
 
 SHOW_BENCHMARKS = 5
 DEFAULT_BENCH_TIMEOUT = "5m"
+# An assignment puts the variant's files into the blob store (hashing each once), which for a
+# large variant takes longer than a plain call's deadline.
+ASSIGN_DEADLINE_S = 600.0
+PHASE_STYLE = {"active": "green", "failed": "red", "refused": "red", "rolled_back": "yellow"}
 
 
 @click.group()
 def devices() -> None:
-    """Enrolled devices: list, show, label, benchmark, set their profile, remove."""
+    """Enrolled devices: list, show, label, benchmark, set their profile, assign a model, roll
+    back, remove."""
 
 
 def _view(d: admin_pb2.Device) -> dict[str, Any]:
-    """views.device plus where the profile comes from."""
+    """views.device plus where the profile comes from and the device's deployment."""
     return {**views.device(d), "matched_profile": d.matched_profile,
-            "profile_override": d.profile_override}
+            "profile_override": d.profile_override, "deployment": views.deployment(d.deployment)}
 
 
 def _profile_text(d: dict) -> str:
@@ -38,9 +44,26 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _release(model: str, release: int) -> str:
+    return f"{model or '?'} r{release}" if release else "-"
+
+
+def _model_cell(dep: dict[str, Any]) -> str:
+    """The list's compact deployment: `support:3 r7`, `support:3 r7 -> r9 downloading 37 %`,
+    `support:3 r7 -> r9 failed`, `support:2 r5 (rolled back)`."""
+    active = _release(dep["active_model"], dep["active_release"])
+    if not views.awaiting(dep) and dep["phase"] in ("", "active"):
+        return active
+    phase = views.phase_text(dep, short=True)
+    if dep["desired_release"] and dep["desired_release"] != dep["active_release"]:
+        return f"{active} -> r{dep['desired_release']} {phase}"
+    return f"{active} ({phase})"
+
+
 def _rows(devs: list[dict]) -> list[list[str]]:
     now = int(time.time() * 1000)
     return [[d["id"], d["name"], d["status"], labels_text(d["labels"]), _profile_text(d),
+             _model_cell(d["deployment"]),
              f"{d['hardware']['arch']} {d['hardware']['logical_cores']}c "
              f"{_gib(d['hardware']['memory_total_bytes'])}", ago(d["last_seen_ms"], now)]
             for d in devs]
@@ -52,14 +75,36 @@ def _rows(devs: list[dict]) -> list[list[str]]:
 @json_option
 @click.pass_obj
 def list_(obj: dict, selector: tuple[str, ...], include_removed: bool, as_json: bool) -> None:
-    """List devices with their status, labels, profile and hardware."""
+    """List devices with their status, labels, profile, model and hardware."""
     client = AdminClient(obj["config"])
     response = client.call(client.stub.ListDevices, admin_pb2.ListDevicesRequest(
         selector=parse_labels(selector, "--selector"), include_removed=include_removed))
     data = {"devices": [_view(d) for d in response.devices]}
     emit(data, as_json, lambda d: table(f"devices ({len(d['devices'])})",
-         ["id", "name", "status", "labels", "profile", "hardware", "last seen"],
+         ["id", "name", "status", "labels", "profile", "model", "hardware", "last seen"],
          _rows(d["devices"])))
+
+
+def _show_deployment(d: dict) -> None:
+    dep = d["deployment"]
+    if not (dep["desired_release"] or dep["active_release"] or dep["phase"]):
+        console.print(f"  {'model':>12}  none assigned (`slmops devices assign {d['name']} "
+                      "NAME:VERSION`)", highlight=False)
+        return
+    desired = _release(dep["desired_model"], dep["desired_release"])
+    if dep["desired_release"] and dep["desired_variant"]:
+        desired += f" ({dep['desired_variant']} variant)"
+    phase = escape(dep["phase_text"]) or "no report yet"
+    style = PHASE_STYLE.get(dep["phase"])
+    if style and not views.awaiting(dep):
+        phase = f"[{style}]{phase}[/{style}]"
+    if dep["updated_at_ms"]:
+        phase += f"  (reported {ago(dep['updated_at_ms'], int(time.time() * 1000))})"
+    for key, value in (("desired", escape(desired)),
+                       ("active", escape(_release(dep["active_model"], dep["active_release"]))),
+                       ("previous", escape(_release(dep["previous_model"], dep["previous_release"]))),
+                       ("phase", phase)):
+        console.print(f"  {key:>12}  {value}", highlight=False)
 
 
 def _show(d: dict) -> None:
@@ -78,6 +123,7 @@ def _show(d: dict) -> None:
                                        f"{d['spool_dropped_total']} dropped on the device"),
     ]:
         console.print(f"  {key:>12}  {value}", highlight=False)
+    _show_deployment(d)
     if d.get("benchmarks"):
         table(f"benchmarks (latest {len(d['benchmarks'])})", bench_view.COLUMNS,
               [bench_view.row(b) for b in d["benchmarks"]])
@@ -91,7 +137,8 @@ def _show(d: dict) -> None:
 @json_option
 @click.pass_obj
 def show(obj: dict, device: str, as_json: bool) -> None:
-    """One device in detail (by id or name), with its latest benchmarks."""
+    """One device in detail (by id or name): its model (desired, active, previous release) and
+    the phase of any update, and its latest benchmarks."""
     client = AdminClient(obj["config"])
     d = client.call(client.stub.GetDevice, admin_pb2.GetDeviceRequest(id=device)).device
     found = client.call(client.stub.ListBenchmarks, admin_pb2.ListBenchmarksRequest(
@@ -157,6 +204,66 @@ def set_profile(obj: dict, device: str, profile: str, clear: bool, as_json: bool
         id=device, profile=profile)).device
     emit(_view(d), as_json, lambda v: click.echo(f"{v['name']} ({v['id']}): profile "
                                                  f"{_profile_text(v)}"))
+
+
+def _release_view(d: admin_pb2.Device, release: int, model: str) -> dict[str, Any]:
+    """What assign and rollback print: the release, its model, and the device."""
+    return {"release": release, "model": model, "device": _view(d)}
+
+
+def _follow_hint(v: dict) -> str:
+    return f"the agent converges; follow with `slmops devices show {v['device']['name']}`"
+
+
+def _assigned(v: dict) -> None:
+    d, dep = v["device"], v["device"]["deployment"]
+    variant = f" ({dep['desired_variant']} variant)" if dep["desired_variant"] else ""
+    click.echo(f"{d['name']} ({d['id']}): assigned {v['model']}{variant} as release "
+               f"{v['release']}; {_follow_hint(v)}")
+
+
+@devices.command("assign")
+@click.argument("device")
+@click.argument("model", metavar="NAME[:VERSION]")
+@json_option
+@click.pass_obj
+def assign(obj: dict, device: str, model: str, as_json: bool) -> None:
+    """Make a model the device's desired state: its variant for the device's profile, signed as
+    a new release. NAME alone means its newest version. The agent downloads what it lacks, checks
+    it, and switches once the variant passes its gate on the device."""
+    client = AdminClient(obj["config"])
+    request = admin_pb2.AssignModelRequest(id=device, model=model)
+    if as_json:
+        response = client.call(client.stub.AssignModel, request, timeout=ASSIGN_DEADLINE_S)
+    else:
+        with console.status(f"signing {model} for {device}..."):
+            response = client.call(client.stub.AssignModel, request, timeout=ASSIGN_DEADLINE_S)
+    # The controller resolves NAME to NAME:VERSION; say which one it chose.
+    chosen = response.device.deployment.desired_model or model
+    emit(_release_view(response.device, response.release, chosen), as_json, _assigned)
+
+
+def _rolled_back(v: dict) -> None:
+    d = v["device"]
+    target = f" ({v['model']})" if v["model"] else ""
+    click.echo(f"{d['name']} ({d['id']}): rolling back to release {v['release']}{target}; "
+               f"{_follow_hint(v)}")
+
+
+@devices.command("rollback")
+@click.argument("device")
+@json_option
+@click.pass_obj
+def rollback(obj: dict, device: str, as_json: bool) -> None:
+    """Back to the model the device ran before its current one: a signed rollback instruction;
+    the previous release is still on the device, so nothing is downloaded."""
+    client = AdminClient(obj["config"])
+    response = client.call(client.stub.RollbackDevice, admin_pb2.RollbackDeviceRequest(id=device))
+    dep, release = response.device.deployment, response.release
+    # The release it goes back to is its desired one now, and the previous one it reported.
+    model = dep.desired_model if dep.desired_release == release else \
+        dep.previous_model if dep.previous_release == release else ""
+    emit(_release_view(response.device, release, model), as_json, _rolled_back)
 
 
 @devices.command("label")

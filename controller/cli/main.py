@@ -8,6 +8,7 @@ import click
 
 from controller import __version__
 from controller.cli.build_cmd import build
+from controller.cli.bundle_cmd import bundle
 from controller.cli.controller_cmd import controller
 from controller.cli.devices_cmd import devices
 from controller.cli.eval_cmd import eval_
@@ -41,7 +42,8 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     ctx.obj["config"] = config
 
 
-for command in (controller, token, devices, telemetry, run, jobs, models, eval_, profiles, build):
+for command in (controller, token, devices, telemetry, run, jobs, models, eval_, profiles, build,
+                bundle):
     cli.add_command(command)
 
 

@@ -117,3 +117,83 @@ def profile(p: pipeline_pb2.DeviceProfile) -> dict[str, Any]:
         "gates": {"max_accuracy_drop": p.max_accuracy_drop, "min_tokens_per_s": p.min_tokens_per_s,
                   "max_memory_mb": p.max_memory_bytes // mb},
     }
+
+
+# --- deployment: what a device runs and where its latest release stands --------------------
+
+# Phases a device reports (DeploymentStatus.phase) in the words a person reads.
+PHASE_WORDS = {"rolled_back": "rolled back"}
+# Phases after which the device does no more on a release by itself.
+SETTLED_PHASES = ("active", "failed", "refused", "rolled_back")
+
+
+def deployment(p: admin_pb2.Deployment) -> dict[str, Any]:
+    """Every Deployment field under its own name; ``detail`` is detail_json parsed, and
+    ``phase_text`` the phase as `devices show` prints it."""
+    view: dict[str, Any] = {
+        "desired_model": p.desired_model, "desired_release": p.desired_release,
+        "desired_variant": p.desired_variant, "active_model": p.active_model,
+        "active_release": p.active_release, "previous_model": p.previous_model,
+        "previous_release": p.previous_release, "phase": p.phase, "reason": p.reason,
+        "bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "bytes_per_s": p.bytes_per_s,
+        "detail": _detail(p.detail_json),
+        "updated_at": when(p.updated_at_ms) if p.updated_at_ms else None,
+        "updated_at_ms": p.updated_at_ms,
+    }
+    view["phase_text"] = phase_text(view)
+    return view
+
+
+def _detail(text: str) -> Any:
+    # The agent's extra figures (gate results, bytes to fetch); shown, never relied on, so a
+    # report that is not JSON is passed on as text rather than failing the command.
+    try:
+        return _json_field(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _sizes(done: float, total: float) -> str:
+    """`18.5 / 50.0 MB`: both in the unit of the total, decimal as disk sizes are sold."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if total >= size:
+            return f"{done / size:.1f} / {total / size:.1f} {unit}"
+    return f"{done / 1e3:.1f} / {total / 1e3:.1f} kB"
+
+
+def rate_text(bytes_per_s: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if bytes_per_s >= size:
+            return f"{bytes_per_s / size:.1f} {unit}/s"
+    return f"{bytes_per_s / 1e3:.1f} kB/s"
+
+
+def awaiting(view: dict[str, Any]) -> bool:
+    """A release was assigned that the device has not started on: its last report is about the
+    release it runs (settled there, or no report at all) while the desired one is another."""
+    return bool(view["desired_release"]) and view["desired_release"] != view["active_release"] \
+        and view["phase"] in ("", "active")
+
+
+def phase_text(view: dict[str, Any], *, short: bool = False) -> str:
+    """The phase of the device's latest release: `downloading 37 % (18.5 / 50.0 MB, 12.3 MB/s)`,
+    `verifying`, `staging`, `gating`, `active`, `failed: <reason>`, `refused: <reason>`,
+    `rolled back`; "" before any report. ``short`` leaves out the figures and the reason (a table
+    column)."""
+    phase = view["phase"]
+    if awaiting(view):
+        return "pending" if short else \
+            f"pending: release {view['desired_release']} assigned; the device has not reported on it yet"
+    if phase == "downloading" and view["bytes_total"]:
+        done, total = view["bytes_done"], view["bytes_total"]
+        text = f"downloading {min(100, int(100 * done / total))} %"
+        if short:
+            return text
+        figures = _sizes(done, total)
+        if view["bytes_per_s"] > 0:
+            figures += f", {rate_text(view['bytes_per_s'])}"
+        return f"{text} ({figures})"
+    words = PHASE_WORDS.get(phase, phase)
+    if view["reason"] and not short:
+        return f"{words}: {view['reason']}"
+    return words
