@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -154,7 +155,8 @@ def hardware(data_dir: Path, as_json: bool) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def status(data_dir: Path, as_json: bool) -> None:
-    """Show this device's identity and its telemetry spool."""
+    """Show this device's identity, its telemetry spool, and the releases it runs."""
+    from agent.delivery.slots import Slots, SlotsError
     from agent.telemetry.spool import Spool
 
     try:
@@ -173,6 +175,23 @@ def status(data_dir: Path, as_json: bool) -> None:
         info.update(spool_pending=spool.pending_count(), spool_dropped_total=spool.dropped_total(),
                     last_acked_seq=spool.last_acked_seq(), next_seq=spool.next_seq())
         spool.close()
+    if (data_dir / "models").is_dir():
+        try:
+            slots = Slots(data_dir / "models")
+            active, previous = slots.active(), slots.previous()
+        except SlotsError as e:
+            _fail(str(e), EXIT_USAGE, as_json)
+            return
+        info.update(active_release=active.release if active else None,
+                    active_model=active.model if active else None,
+                    previous_release=previous.release if previous else None,
+                    previous_model=previous.model if previous else None)
+    deploy = data_dir / "deploy.json"
+    if deploy.exists():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            state = json.loads(deploy.read_text())
+            info.update(latest_release=state.get("release"), latest_phase=state.get("phase"),
+                        latest_reason=state.get("reason") or None)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

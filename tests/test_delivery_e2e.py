@@ -17,8 +17,10 @@ from typing import Any
 import grpc
 import pytest
 import variants
+from click.testing import CliRunner
 from inproc import RunningAgent, RunningController
 
+from agent.cli import main as agent_cli
 from agent.delivery.manifest import Manifest, sign, verify
 from controller.pki import load_or_create_signing_key
 from protos import admin_pb2, delivery_pb2
@@ -143,6 +145,11 @@ def test_an_assigned_model_goes_live_and_is_served(ctl: RunningController, live)
     staged = agent.data_dir / "models" / f"r{release}"
     assert (staged / "genai_config.json").is_file()
     assert json.loads((agent.data_dir / "models" / "slots.json").read_text())["active"] == release
+    status = CliRunner().invoke(agent_cli, ["status", "--data-dir", str(agent.data_dir), "--json"])
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.output)
+    assert (shown["active_release"], shown["active_model"], shown["latest_phase"]) == (
+        release, "support:1", "active")
 
 
 def test_a_variant_that_fails_the_gate_is_not_switched_to(ctl: RunningController, live, tiny,
