@@ -161,7 +161,7 @@ def test_a_model_dir_that_cannot_be_built_gives_a_clear_error(tmp_path: Path, ca
         (model / "adapter_config.json").write_text("{}")
     expected = {"missing": f"model directory {model} does not exist",
                 "no-config": f"{model} has no config.json; expected a Hugging Face model directory",
-                "adapter": "is a LoRA adapter; build its merged model instead"}[case]
+                "adapter": "is a LoRA adapter; give its base model to build it"}[case]
     with pytest.raises(BuildError, match=re.escape(expected)):
         build_variant(model, builtin_profiles().get("cpu-fp32"), tmp_path / "out", scratch=tmp_path / "s")
     assert not (tmp_path / "out").exists()

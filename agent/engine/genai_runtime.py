@@ -18,10 +18,14 @@ from agent.engine.detok import ByteLevelDecoder, Detokenizer, GenaiStream
 from agent.engine.sampling import ParamError, SamplingParams
 from agent.engine.variant import REBUILD, TOKENIZER, VariantError, VariantInfo
 
+ADAPTER_NAME = "variant"  # the one adapter a variant may carry, as og.Adapters knows it
+
 
 class _Generation:
-    def __init__(self, model: Any, og_params: Any, prompt_ids: Any) -> None:
+    def __init__(self, model: Any, og_params: Any, prompt_ids: Any, adapters: Any = None) -> None:
         self._generator = og.Generator(model, og_params)
+        if adapters is not None:
+            self._generator.set_active_adapter(adapters, ADAPTER_NAME)
         self._generator.append_tokens(prompt_ids)
 
     def next_token(self) -> int:
@@ -34,9 +38,10 @@ class _Generation:
 
 class GenaiRuntime:
     def __init__(self, info: VariantInfo, model: Any, tokenizer: Any,
-                 decoder: ByteLevelDecoder | None) -> None:
+                 decoder: ByteLevelDecoder | None, adapters: Any = None) -> None:
         self.info = info
         self._model, self._tokenizer, self._decoder = model, tokenizer, decoder
+        self._adapters = adapters  # og.Adapters with the variant's LoRA adapter, if it has one
         self.eos_token_ids = frozenset(info.eos_token_ids) | frozenset(
             int(t) for t in tokenizer.eos_token_ids)
 
@@ -57,8 +62,16 @@ class GenaiRuntime:
             tokenizer = og.Tokenizer(model)
         except RuntimeError as e:
             raise VariantError(f"{info.path / TOKENIZER} failed to load ({e}); {REBUILD}") from e
+        adapters = None
+        if info.adapter is not None:
+            try:
+                adapters = og.Adapters(model)
+                adapters.load(str(info.path / info.adapter), ADAPTER_NAME)
+            except RuntimeError as e:
+                raise VariantError(f"{info.path / info.adapter} failed to load as a LoRA adapter of "
+                                   f"{info.path / graph} ({e}); {REBUILD}") from e
         spec = json.loads((info.path / TOKENIZER).read_text(encoding="utf-8"))  # checked by check_variant
-        return cls(info, model, tokenizer, ByteLevelDecoder.from_tokenizer_json(spec))
+        return cls(info, model, tokenizer, ByteLevelDecoder.from_tokenizer_json(spec), adapters)
 
     def encode(self, text: str) -> Sequence[int]:
         return self._tokenizer.encode(text)  # a numpy array, as og.Generator.append_tokens takes it
@@ -93,5 +106,5 @@ class GenaiRuntime:
                 search["random_seed"] = params.seed
         og_params = og.GeneratorParams(self._model)
         og_params.set_search_options(**search)
-        model = self._model
-        return lambda: _Generation(model, og_params, prompt_ids)
+        model, adapters = self._model, self._adapters
+        return lambda: _Generation(model, og_params, prompt_ids, adapters)

@@ -51,6 +51,7 @@ class VariantInfo:
     chat_template: str | None = field(repr=False)
     runtime: str = RUNTIME_GENAI  # what runs it: onnxruntime-genai, or the plain onnxruntime loop
     chat_template_file: str | None = None  # the file the chat template came from
+    adapter: str | None = None  # a LoRA adapter file its graph needs (slmops-variant.json "adapter")
 
     @property
     def size_bytes(self) -> int:
@@ -240,9 +241,29 @@ def _check_genai(root: Path) -> VariantInfo:
     _check_tokenizer(root, files)
     template, template_file = _chat_template(root)
     _add_extras(root, files, (TOKENIZER_CONFIG, TEMPLATE, "special_tokens_map.json"))
+    adapter = _adapter(root, files)
     return VariantInfo(name=root.resolve().name, path=root, files=files, precision=precision,
                        context_length=context_length, vocab_size=vocab_size, eos_token_ids=eos_ids,
-                       chat_template=template, runtime=RUNTIME_GENAI, chat_template_file=template_file)
+                       chat_template=template, runtime=RUNTIME_GENAI, chat_template_file=template_file,
+                       adapter=adapter)
+
+
+def _adapter(root: Path, files: dict[str, int]) -> str | None:
+    """The LoRA adapter file slmops-variant.json names (the base graph takes its weights as
+    inputs, so the variant does not run without it); None if it names none."""
+    meta_path = root / VARIANT_META
+    if not meta_path.is_file():
+        return None
+    name = _read_object(meta_path).get("adapter")
+    if name is None:
+        return None
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".onnx_adapter"):
+        raise VariantError(f"{meta_path}: adapter must be a file name ending in .onnx_adapter in the "
+                           f"variant directory, got {name!r}; {REBUILD}")
+    if not (root / name).is_file():
+        raise VariantError(f"{root / name} is missing (the LoRA adapter {meta_path} names); {REBUILD}")
+    files[name] = (root / name).stat().st_size
+    return name
 
 
 def _ids(value: Any) -> list[int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.build import quantize
+from controller.build import adapters, quantize
 from controller.build.genai_builder import (
     GENAI_ARCHITECTURES,
     BuildError,
@@ -88,22 +88,77 @@ def route_for(model_dir: Path) -> str:
 
 
 def build_variant(model_dir: Path, profile: DeviceProfile, out_dir: Path, *, scratch: Path,
-                  events: Events | None = None) -> BuiltVariant:
-    """``model_dir`` built for ``profile`` into ``out_dir`` (replaced if it exists)."""
+                  events: Events | None = None, base_dir: Path | None = None) -> BuiltVariant:
+    """``model_dir`` built for ``profile`` into ``out_dir`` (replaced if it exists). A LoRA
+    adapter (``model_dir`` with adapter_config.json) needs its base in ``base_dir``: on the CPU
+    at fp32 and int8 it becomes the base's graph plus an adapter file (controller/build/
+    adapters.py); otherwise it is merged into its base first."""
     events = events or Events()
     model_dir, out_dir, scratch = Path(model_dir), Path(out_dir), Path(scratch)
-    arch = architecture(model_config(model_dir))
     scratch.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if (model_dir / "adapter_config.json").is_file():
+        if base_dir is None:
+            raise BuildError(f"{model_dir} is a LoRA adapter; give its base model to build it")
+        merge_reason = adapters.adapter_route(profile.precision, profile.build.provider, model_dir)
+        if not merge_reason and architecture(model_config(base_dir)) in GENAI_ARCHITECTURES:
+            built = _genai_adapter(Path(base_dir), model_dir, profile, out_dir, scratch, events)
+            built.build["architecture"] = architecture(model_config(base_dir))
+            write_meta(out_dir, {"profile": profile.name, "precision": profile.precision,
+                                 "provider": profile.build.provider, "runtime": built.runtime,
+                                 "build": built.build, "adapter": adapters.ADAPTER_FILE})
+            return built
+        events.log(f"{profile.name}: {merge_reason or 'the base is not a genai builder architecture'}")
+        model_dir = merged_model(Path(base_dir), model_dir, scratch, events)
+        extra = {"adapter": f"merged into its base ({merge_reason or 'optimum route'}): this variant "
+                            "carries the whole model"}
+    arch = architecture(model_config(model_dir))
     if arch in GENAI_ARCHITECTURES:
         built = _genai(model_dir, profile, out_dir, scratch, events)
     else:
         events.log(f"{arch} is not one of the onnxruntime-genai model builder's architectures; "
                    "exporting it with optimum-onnx for a plain onnxruntime runtime")
         built = _optimum(model_dir, profile, out_dir, scratch, events)
-    built.build["architecture"] = arch
+    built.build.update(architecture=arch, **extra)
     write_meta(out_dir, {"profile": profile.name, "precision": profile.precision,
                          "provider": profile.build.provider, "runtime": built.runtime, "build": built.build})
     return built
+
+
+def merged_model(base_dir: Path, adapter_dir: Path, scratch: Path, events: Events) -> Path:
+    """The adapter merged into its base, under ``scratch`` (made once)."""
+    from controller.pipeline.train.lora import merge_adapter
+
+    merged = scratch / "merged"
+    if not (merged / "config.json").is_file():
+        events.log(f"merging the adapter into its base {base_dir}")
+        merge_adapter(base_dir, adapter_dir, merged)
+    return merged
+
+
+def _genai_adapter(base_dir: Path, adapter_dir: Path, profile: DeviceProfile, out_dir: Path,
+                   scratch: Path, events: Events) -> BuiltVariant:
+    """The base's graph with LoRA inputs, and the adapter file beside it (fp32, or int8)."""
+    b = profile.build
+    lora = scratch / "genai-lora"
+    if not (lora / adapters.ADAPTER_FILE).is_file():
+        adapters.build_lora_fp32(base_dir, adapter_dir, lora, scratch, events)
+    options = {**builder_options("fp32", 0, 0), "precision": "fp32", "provider": "cpu",
+               "adapter_path": "the adapter"}
+    build: dict[str, Any] = {"route": ROUTE_GENAI, "options": options, "adapter": adapters.ADAPTER_FILE,
+                             "tool": f"onnxruntime-genai {genai_version()} model builder"}
+    tmp = temp_dir_beside(out_dir)
+    try:
+        shutil.rmtree(tmp)
+        if b.precision == "int8":
+            build["quantization"] = quantize.dynamic_int8(lora, tmp, b.int8_scheme)
+            shutil.copy2(lora / adapters.ADAPTER_FILE, tmp / adapters.ADAPTER_FILE)
+        else:
+            shutil.copytree(lora, tmp)
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BuiltVariant(out_dir, profile.name, b.precision, b.provider, RUNTIME_GENAI, build)
 
 
 def _genai(model_dir: Path, profile: DeviceProfile, out_dir: Path, scratch: Path,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.build.builder import BuiltVariant, build_variant, read_meta, write_meta
+from controller.build.builder import BuiltVariant, build_variant, merged_model, read_meta, write_meta
 from controller.build.check import check_variant, pytorch_reference, rows_sha256
 from controller.build.gates import GateResult, apply_gates, override
 from controller.build.profiles import DeviceProfile, ProfileSet, builtin_profiles
@@ -103,10 +103,12 @@ def load_rows(data: Path | None, n: int = DEFAULT_TEST_ROWS,
 def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Sequence[Mapping[str, Any]],
                     work_dir: Path, *, model_label: str = "", data_name: str = "",
                     max_new_tokens: int = 64, threads: int | None = None,
-                    gates: GateOverrides | None = None, events: Events | None = None) -> list[VariantOutcome]:
+                    gates: GateOverrides | None = None, events: Events | None = None,
+                    base_dir: Path | None = None) -> list[VariantOutcome]:
     """Every profile built from ``model_dir``, checked on ``rows`` and gated (see the module
     docstring). A build error stops here (BuildError naming the profile); a gate failure is
-    an outcome like any other."""
+    an outcome like any other. A LoRA adapter comes with its base (``base_dir``) and is
+    compared with the adapter merged into it."""
     from controller.build.genai_builder import BuildError
 
     events = events or Events()
@@ -114,7 +116,9 @@ def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Se
     work_dir.mkdir(parents=True, exist_ok=True)
     gates = gates or GateOverrides()
     data = {data_name or "rows": rows_sha256(rows)}
-    reference = pytorch_reference(model_dir, rows, max_new_tokens=max_new_tokens, threads=threads,
+    reference_dir = model_dir if base_dir is None else merged_model(
+        Path(base_dir), Path(model_dir), work_dir / "scratch", events)
+    reference = pytorch_reference(reference_dir, rows, max_new_tokens=max_new_tokens, threads=threads,
                                   events=events, cache=work_dir / "reference.json")
     events.log(f"fp32 PyTorch reference: exact match {reference['exact_match']:.1%} of {reference['n']}")
     outcomes = []
@@ -128,7 +132,8 @@ def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Se
             events.log(f"{profile.name}: built and checked before ({meta['gate']['status']})")
         else:
             try:
-                built = build_variant(model_dir, profile, vdir, scratch=work_dir / "scratch", events=events)
+                built = build_variant(model_dir, profile, vdir, scratch=work_dir / "scratch", events=events,
+                                      base_dir=base_dir)
             except BuildError as e:
                 raise BuildError(f"profile {profile.name}: {e}") from e
             meta = _check_and_gate(built, profile, rows, reference, model_label, data, max_new_tokens,
@@ -168,6 +173,18 @@ def _line(m: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def adapter_base(registry: ModelRegistry, record: Any) -> Path | None:
+    """The registered base of an adapter version (its lineage's ``base.registered``); None for a
+    whole model. Raises ValueError when an adapter's base is not in the registry."""
+    if record.kind != "adapter":
+        return None
+    base = (record.lineage.get("base") or {}).get("registered") if isinstance(record.lineage, dict) else None
+    if not base:
+        raise ValueError(f"{record.ref} is a LoRA adapter whose base is not a registered model; register "
+                         "the base (or the merged model) and build that")
+    return registry.path(registry.get(base))
+
+
 def build_model_variants(registry: ModelRegistry, ref: str, profiles: Sequence[str | DeviceProfile],
                          test_data: Path | None, events: Events | None = None, *,
                          profile_set: ProfileSet | None = None, work_dir: Path | None = None,
@@ -193,7 +210,7 @@ def build_model_variants(registry: ModelRegistry, ref: str, profiles: Sequence[s
     try:
         outcomes = build_and_check(registry.path(record), chosen, rows, work, model_label=record.ref,
                                    data_name=data_name, max_new_tokens=max_new_tokens, threads=threads,
-                                   gates=gates, events=events)
+                                   gates=gates, events=events, base_dir=adapter_base(registry, record))
         stored = registry.add_variants(record.ref, [o.entry() for o in outcomes], job_id=job_id)
     finally:
         if own_dir:

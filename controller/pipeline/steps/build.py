@@ -48,7 +48,8 @@ class BuildGates:
 @dataclass(frozen=True, kw_only=True)
 class BuildParams:
     model: ModelRef = param(help="the model to build (${step.output} or registry:NAME:VERSION); a LoRA "
-                                 "adapter must be merged first")
+                                 "adapter is built as its base's graph plus the adapter file (CPU fp32 "
+                                 "and int8) or merged into its base (other profiles)")
     profiles: list[str] = param(help="device profiles to build for (see `slmops profiles list`)")
     data: DataRef | None = param(None, "held-out JSONL rows (intent, prompt, answer); default: the bundled "
                                        "support task's test split", columns=("intent", "prompt", "answer"))
@@ -100,9 +101,12 @@ class Build(Step):
         from controller.pipeline.jsonl import write_atomic
 
         model = ctx.model(params.model)
-        if model.kind != "model":
-            raise StepError(f"model: {params.model} is a LoRA adapter; build its merged model (finetune "
-                            "with merge: true)")
+        base_dir = None
+        if model.kind == "adapter":  # built as its base's graph plus the adapter file where it can be
+            if model.base is None or model.base.path is None:
+                raise StepError(f"model: {params.model} is a LoRA adapter whose base is not a local "
+                                "model directory; register the base, or build the merged model")
+            base_dir = model.base.path
         if model.path is None:
             raise StepError(f"model: {params.model} is a hub id; the builders need a local model directory "
                             "(register the model, or use an earlier step's output)")
@@ -117,7 +121,8 @@ class Build(Step):
         try:
             outcomes = build_and_check(model.path, chosen, rows, ctx.dir, model_label=label,
                                        data_name=data_name, max_new_tokens=params.max_new_tokens,
-                                       threads=params.threads or None, gates=overrides, events=ctx.events)
+                                       threads=params.threads or None, gates=overrides, events=ctx.events,
+                                       base_dir=base_dir)
         except BuildError as e:
             raise StepError(str(e)) from e
         link = _link(ctx, params.model, model)
