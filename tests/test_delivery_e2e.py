@@ -269,3 +269,36 @@ def test_a_new_version_with_the_same_weights_moves_only_the_bytes_that_differ(
 def _downloading_details(agent: RunningAgent) -> list[str]:
     log = agent.agent.updater.history
     return [s.detail_json for s in log if s.phase == "downloading" and s.detail_json != "{}"]
+
+
+@pytest.fixture(scope="module")
+def lora_variants(tiny: variants.TinyVariants, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two LoRA adapters of the tiny model, each built (cpu-fp32) as the base graph + its file."""
+    from test_build_adapters import _adapter
+
+    from controller.build.builder import build_variant
+    from controller.build.profiles import builtin_profiles
+
+    root = tmp_path_factory.mktemp("lora")
+    built = []
+    for seed in (1, 2):
+        adapter = _adapter(tiny.model_dir, root / f"adapter-{seed}", seed)
+        built.append(build_variant(adapter, builtin_profiles().get("cpu-fp32"), root / f"variant-{seed}",
+                                   scratch=root / f"scratch-{seed}", base_dir=tiny.model_dir).dir)
+    return built
+
+
+def test_a_lora_update_on_a_base_the_device_has_ships_only_the_adapter(
+        ctl: RunningController, agents, tiny, lora_variants: list[Path], tmp_path: Path) -> None:
+    agent = agents("edge-1")
+    profile = _device(ctl, "edge-1").profile
+    releases = []
+    for i, variant in enumerate(lora_variants):
+        golden = variants.golden_rows(variant, tiny.test_rows, 4)
+        ref = _register(ctl, tmp_path / f"v{i}", "support-cs", variant, profile, golden)
+        releases.append(_assign(ctl, "edge-1", ref))
+        assert _phase(ctl, "edge-1", releases[-1], "active").active_model == ref
+    full, update = [json.loads(s) for s in _downloading_details(agent)]
+    assert update["missing"] == 2  # the adapter file and slmops-variant.json, which names the version
+    assert 0 < update["bytes_to_fetch"] <= 0.1 * full["bytes_to_fetch"]
+    assert _ask(agent, "support-cs")["usage"]["completion_tokens"] > 0
