@@ -74,6 +74,9 @@ def main() -> None:
               help="cap model downloads at this many MB/s (0: no cap)")
 @click.option("--keep-free-mb", type=click.IntRange(0), default=64, show_default=True,
               help="a model download that would leave less free space on the data dir's disk fails")
+@click.option("--download-window-kb", type=int, default=256, show_default=True,
+              help="HTTP/2 receive window of model downloads: raise it to bandwidth x round-trip on slow "
+                   "links; what is in flight is re-sent if the agent dies")
 @click.option("--api-key", default="", envvar="SLMOPS_API_KEY", help="require this Bearer key on /v1/*")
 @click.option("--bench-timeout", type=float, default=1800.0, show_default=True,
               help="seconds a benchmark the controller asks for may take")
@@ -81,8 +84,8 @@ def main() -> None:
 def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: str,
         labels: tuple[str, ...], telemetry_interval: float, heartbeat_interval: float,
         batch_max: int, spool_max_samples: int, max_backoff: float, model_dir: Path | None,
-        serve_listen: str, grpc_listen: str, max_download_rate: float, keep_free_mb: int, api_key: str,
-        bench_timeout: float, as_json: bool) -> None:
+        serve_listen: str, grpc_listen: str, max_download_rate: float, keep_free_mb: int,
+        download_window_kb: int, api_key: str, bench_timeout: float, as_json: bool) -> None:
     """Run the agent in the foreground until SIGTERM or Ctrl-C."""
     fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}' if as_json
            else "%(asctime)s %(levelname)s %(message)s")
@@ -97,6 +100,7 @@ def run(controller: str, enroll_address: str, token: str, data_dir: Path, name: 
                               batch_max_samples=batch_max, max_backoff_s=max_backoff),
             serve_host=serve_host, serve_port=serve_port, grpc_listen=grpc_listen, api_key=api_key,
             download_bytes_per_s=max_download_rate * 1e6, keep_free_bytes=keep_free_mb * 2**20,
+            download_window_bytes=download_window_kb << 10,
         )
         slot = _load_slot(model_dir, as_json) if model_dir is not None else None
         asyncio.run(_run_until_signal(Agent(settings, slot)))

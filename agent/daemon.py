@@ -56,6 +56,7 @@ class AgentSettings:
     api_key: str = ""
     download_bytes_per_s: float = 0.0  # 0 = no cap
     keep_free_bytes: int = 64 * 2**20  # a download that would leave less free fails
+    download_window_bytes: int = 256 << 10  # HTTP/2 receive window of downloads (agent/delivery/channel.py)
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +67,7 @@ class AgentSettings:
             ("--spool-max-samples", self.spool_max_samples, 1, 10_000_000),
             ("--bench-timeout", self.bench_timeout_s, 1, 86_400),
             ("--max-download-rate", self.download_bytes_per_s, 0, 1e12),
+            ("--download-window-kb", self.download_window_bytes, 16 << 10, 1 << 30),
         ]
         for flag, value, low, high in checks:
             if not low <= value <= high:
@@ -223,7 +225,7 @@ class Agent:
         spool = Spool(s.data_dir / "telemetry.db", s.spool_max_samples)
         link = ControllerLink(identity, spool, hardware, s.link, self._on_desired_state,
                               self.handle_command)
-        delivery = DeliveryChannel(identity)
+        delivery = DeliveryChannel(identity, s.download_window_bytes)
         self.updater = Updater(s.data_dir, identity.manifest_public_key, hardware, self.slot, delivery.get,
                                link.set_status, max_bytes_per_s=s.download_bytes_per_s,
                                reserve_bytes=s.keep_free_bytes, on_active=self.ensure_serving)

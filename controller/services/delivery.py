@@ -73,9 +73,10 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
                 data = await asyncio.to_thread(os.pread, fd, min(CHUNK_BYTES, size - offset), offset)
                 if not data:  # truncated under us: the agent's hash check will tell
                     break
-                yield delivery_pb2.BlobChunk(offset=offset, data=data, size=size)
-                offset += len(data)
+                chunk = delivery_pb2.BlobChunk(offset=offset, data=data, size=size)
+                offset += len(data)  # counted as sent once handed to gRPC, cut or not
                 self.bytes_sent += len(data)
+                yield chunk
         finally:
             self.active -= 1
             if offset > start:  # what each (resumed) download cost: see bench/delivery.py
