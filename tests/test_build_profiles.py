@@ -34,7 +34,7 @@ profiles:
     description: Raspberry Pi 5
     match: {arch: [aarch64], isa_flags: [neon, dotprod], min_memory_mb: 4096}
     build: {precision: int4, provider: cpu, block_size: 64, accuracy_level: 4}
-    gates: {max_accuracy_drop: 3, min_tokens_per_s: 4, max_memory_mb: 1024}
+    gates: {max_accuracy_drop: 3, min_tokens_per_s: 4, max_memory_mb: 1024, max_p95_ms: 250}
   - name: cpu-fp32
     gates: {min_tokens_per_s: 0.5}
 """
@@ -74,7 +74,7 @@ def test_custom_profiles_come_first_and_a_builtin_name_retunes_only_what_is_writ
     pi5 = profiles.get("pi5-int4")
     assert pi5.source == str(path) and pi5.match.min_memory_bytes == 4096 * MB
     assert (pi5.build.precision, pi5.build.block_size) == ("int4", 64)
-    assert pi5.gates == Gates(3.0, 4.0, 1024 * MB)
+    assert pi5.gates == Gates(3.0, 4.0, 1024 * MB, 250.0)
     fp32 = profiles.get("cpu-fp32")
     builtin = builtin_profiles().get("cpu-fp32")
     assert fp32.gates.min_tokens_per_s == 0.5 and fp32.source == str(path)
@@ -174,17 +174,19 @@ def test_the_old_import_path_still_matches() -> None:
 
 def _metrics(**over: object) -> dict:
     return {"exact_match": 0.9, "reference_exact_match": 0.92, "exact_match_delta": -2.0,
-            "tokens_per_s": 50.0, "peak_memory_bytes": 200 * MB, "measured_on_target": True, **over}
+            "tokens_per_s": 50.0, "peak_memory_bytes": 200 * MB, "measured_on_target": True,
+            "latency_ms": {"p50": 80.0, "p95": 120.0}, **over}
 
 
 def test_gates_pass_within_every_limit() -> None:
-    result = apply_gates(Gates(2.0, 10.0, GB), _metrics(), "int4")
+    result = apply_gates(Gates(2.0, 10.0, GB, 150.0), _metrics(), "int4")
     assert (result.status, result.reason) == ("passed", "")
 
 
 def test_gates_fail_with_every_reason() -> None:
-    result = apply_gates(Gates(1.0, 100.0, 100 * MB), _metrics(), "int8")
+    result = apply_gates(Gates(1.0, 100.0, 100 * MB, 100.0), _metrics(), "int8")
     assert result.status == "failed"
+    assert "p95 latency 120 ms is above the maximum of 100 ms" in result.reason
     assert "exact match dropped 2.00 points" in result.reason and "int8 allows at most 1" in result.reason
     assert "50.0 tokens/s is below the minimum of 100" in result.reason
     assert "peak memory 200 MiB is above the maximum of 100 MiB" in result.reason

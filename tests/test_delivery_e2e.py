@@ -302,3 +302,38 @@ def test_a_lora_update_on_a_base_the_device_has_ships_only_the_adapter(
     assert update["missing"] == 2  # the adapter file and slmops-variant.json, which names the version
     assert 0 < update["bytes_to_fetch"] <= 0.1 * full["bytes_to_fetch"]
     assert _ask(agent, "support-cs")["usage"]["completion_tokens"] > 0
+
+
+def _bundle(ctl: RunningController, ref: str, profile: str, out: Path) -> Path:
+    chunks = ctl.admin.ExportBundle(admin_pb2.ExportBundleRequest(model=ref, profile=profile), timeout=60)
+    out.write_bytes(b"".join(c.data for c in chunks))
+    return out
+
+
+def test_install_bundle_takes_the_network_path_s_checks_on_a_stopped_agent(
+        ctl: RunningController, agents, tiny, golden, tmp_path: Path) -> None:
+    agent = agents("edge-1")
+    profile = _device(ctl, "edge-1").profile
+    _wait_for(lambda: (agent.data_dir / "profile.json").is_file(), "the agent to note its profile")
+    agent.stop()
+    ref = _register(ctl, tmp_path, "support", tiny.int4, profile, golden)
+
+    def install(bundle: Path) -> tuple[int, dict]:
+        result = CliRunner().invoke(agent_cli, ["install-bundle", str(bundle), "--data-dir",
+                                                str(agent.data_dir), "--json"])
+        return result.exit_code, json.loads(result.output)
+
+    good = _bundle(ctl, ref, profile, tmp_path / "good.bundle")
+    tampered = tmp_path / "tampered.bundle"
+    data = bytearray(good.read_bytes())
+    data[data.index(b'"version":1') + 10] = ord("7")  # inside manifest.json, the first member
+    tampered.write_bytes(bytes(data))
+    code, shown = install(tampered)
+    assert code == 4 and "bad signature" in shown["error"]
+    assert not (agent.data_dir / "models" / "slots.json").exists()
+
+    code, shown = install(good)
+    assert code == 0, shown
+    assert (shown["phase"], shown["active_model"]) == ("active", "support:1")
+    slots = json.loads((agent.data_dir / "models" / "slots.json").read_text())
+    assert (agent.data_dir / "models" / f"r{slots['active']}" / "genai_config.json").is_file()

@@ -3,7 +3,8 @@
 - accuracy: the exact-match points lost against the PyTorch fp32 model may not exceed
   ``max_accuracy_drop`` (defaults: int4 2, int8 1, fp16 and fp32 0.5);
 - speed: ``tokens_per_s`` at least ``min_tokens_per_s``;
-- memory: the runtime's peak resident memory at most ``max_memory_bytes``.
+- memory: the runtime's peak resident memory at most ``max_memory_bytes``;
+- latency: the p95 answer latency at most ``max_p95_ms`` (when the profile sets one).
 
 Speed and memory measured on other hardware than the profile's (a CUDA variant checked on this
 CPU, an ARM profile checked on an x86 controller) say little about the target, so those two gates
@@ -52,7 +53,7 @@ def override(gates: Gates, *, max_accuracy_drop: float | None = None, min_tokens
 
 def apply_gates(gates: Gates, metrics: Mapping[str, Any], precision: str) -> GateResult:
     limits = {"max_accuracy_drop": gates.max_accuracy_drop, "min_tokens_per_s": gates.min_tokens_per_s,
-              "max_memory_bytes": gates.max_memory_bytes}
+              "max_memory_bytes": gates.max_memory_bytes, "max_p95_ms": gates.max_p95_ms}
     reasons: list[str] = []
     notes: list[str] = []
     delta = metrics.get("exact_match_delta")
@@ -75,6 +76,9 @@ def apply_gates(gates: Gates, metrics: Mapping[str, Any], precision: str) -> Gat
                            f"{gates.max_memory_bytes / 2**20:.0f} MiB")
         elif not isinstance(memory, int | float):
             notes.append("peak memory could not be measured here (no /proc); memory gate not applied")
+        p95 = (metrics.get("latency_ms") or {}).get("p95")
+        if gates.max_p95_ms > 0 and isinstance(p95, int | float) and p95 > gates.max_p95_ms:
+            reasons.append(f"p95 latency {p95:.0f} ms is above the maximum of {gates.max_p95_ms:g} ms")
     else:
         notes.append("tokens/s and memory gates not applied: measured on other hardware than the profile's")
     return GateResult(FAILED if reasons else PASSED, "; ".join(reasons), limits, notes)

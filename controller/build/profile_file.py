@@ -21,6 +21,7 @@ An operator adds profiles, or retunes a built-in one, in a YAML file::
           max_accuracy_drop: 2.0            # exact-match points lost against the fp32 model
           min_tokens_per_s: 5
           max_memory_mb: 2048
+          max_p95_ms: 500                   # p95 answer latency; 0 (the default) = no limit
       - name: cpu-fp32                      # a built-in's name: only what is written changes
         gates: {min_tokens_per_s: 1}
 
@@ -62,7 +63,7 @@ TOP_FIELDS = ("profiles",)
 PROFILE_FIELDS = ("name", "description", "match", "build", "gates")
 MATCH_FIELDS = ("arch", "isa_flags", "min_memory_mb", "accelerator", "min_accelerator_memory_mb")
 BUILD_FIELDS = ("precision", "provider", "block_size", "accuracy_level", "int8_scheme")
-GATE_FIELDS = ("max_accuracy_drop", "min_tokens_per_s", "max_memory_mb")
+GATE_FIELDS = ("max_accuracy_drop", "min_tokens_per_s", "max_memory_mb", "max_p95_ms")
 ACCELERATORS = ("", "cuda")
 
 
@@ -256,7 +257,8 @@ def _gates(raw: Any, where: str, precision: str, old: Gates | None, problems: li
     drop = _number(raw, "max_accuracy_drop", where, default.max_accuracy_drop, problems, minimum=0, top=100)
     speed = _number(raw, "min_tokens_per_s", where, default.min_tokens_per_s, problems, minimum=0)
     memory = _number(raw, "max_memory_mb", where, default.max_memory_bytes / MB, problems, minimum=1)
-    return Gates(float(drop), float(speed), int(memory * MB))
+    p95 = _number(raw, "max_p95_ms", where, default.max_p95_ms, problems, minimum=0)
+    return Gates(float(drop), float(speed), int(memory * MB), float(p95))
 
 
 def _names(raw: Mapping[str, Any], key: str, where: str, old: tuple[str, ...],

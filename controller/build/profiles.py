@@ -66,6 +66,7 @@ class Gates:
     max_accuracy_drop: float  # exact-match points lost against the PyTorch fp32 model
     min_tokens_per_s: float
     max_memory_bytes: int  # peak resident memory of the runtime serving it
+    max_p95_ms: float = 0.0  # slowest p95 answer latency (ms) on the held-out prompts; 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class DeviceProfile:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "match": match, "build": dataclasses.asdict(b),
                 "gates": {"max_accuracy_drop": g.max_accuracy_drop, "min_tokens_per_s": g.min_tokens_per_s,
-                          "max_memory_mb": g.max_memory_bytes // MB}}
+                          "max_memory_mb": g.max_memory_bytes // MB, "max_p95_ms": g.max_p95_ms}}
 
 
 _X86 = ("x86_64", "amd64")

@@ -65,8 +65,9 @@ def build_gate(variant: VariantRecord, profile: DeviceProfile) -> Gate:
         min_accuracy = round(max(0.0, built - max(max_drop / 100, 1 / len(golden))), 6)
     speed = _number(applied.get("min_tokens_per_s"), profile.gates.min_tokens_per_s)
     memory = _number(applied.get("max_memory_bytes"), profile.gates.max_memory_bytes)
+    p95 = _number(applied.get("max_p95_ms"), profile.gates.max_p95_ms)
     return Gate(golden=golden, min_accuracy=min_accuracy, max_new_tokens=GATE_MAX_NEW_TOKENS,
-                min_tokens_per_s=max(0.0, speed), max_p95_ms=0.0,  # profiles set no latency limit yet
+                min_tokens_per_s=max(0.0, speed), max_p95_ms=max(0.0, p95),
                 max_memory_bytes=max(0, int(memory)))
 
 
