@@ -232,10 +232,15 @@ def _read_timed(barrier: Any, times: Any, size_mb: int, repeats: int) -> None:
     times.put(mine)
 
 
-def memory_read_gb_s(cores: int, size_mb: int = 512, repeats: int = 5) -> float:
+def memory_read_gb_s(cores: int, size_mb: int = 512, repeats: int = 5, trials: int = 3) -> float:
     """Memory read bandwidth with ``cores`` readers at once, as a decode step reads its weights
     with one onnxruntime thread per core: each process sums its own ``size_mb`` array of int64s
-    (one pass), all starting together; the best round's bytes over its slowest reader."""
+    (one pass), all starting together; the best round's bytes over its slowest reader, best of
+    ``trials`` sets of fresh processes (one set alone read 45-67 GB/s on this VM)."""
+    return max(_read_trial(cores, size_mb, repeats) for _ in range(trials))
+
+
+def _read_trial(cores: int, size_mb: int, repeats: int) -> float:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")

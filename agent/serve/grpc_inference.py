@@ -2,7 +2,8 @@
 
 Generations run in the serving GenerationPool (agent/engine/pool.py), shared with the HTTP
 endpoint, so both together respect one bound; a full pool answers RESOURCE_EXHAUSTED. A worker
-stays at most ``AHEAD`` pieces ahead of what the RPC has sent, so a client that stops reading
+stays at most a window of pieces ahead of what the RPC has sent (agent/serve/bridge.py, as for
+HTTP, with its text sent a batch per message), so a client that stops reading
 holds it for a window, not a whole answer. When the client cancels (or its deadline passes)
 the generation stops before its next token and the worker is free again. Every request is
 counted in the shared ServeMetrics (endpoint "grpc.Generate"), hence in /metrics and telemetry.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,13 +24,13 @@ import grpc
 
 from agent.engine import EngineClosed, ModelSlot, NoModel, ParamError, SamplingParams, Stream
 from agent.engine.pool import Busy, GenerationPool
+from agent.serve.bridge import Bridge
 from agent.serve.metrics import ServeMetrics
 from protos import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "grpc.Generate"
-AHEAD = 8  # pieces a worker may run ahead of the client
 MAX_PROMPT_CHARS = 1_000_000  # can't fit any context; refused before it is tokenized
 # The HTTP status a gRPC outcome counts as in the shared request metrics (499: client went away).
 HTTP_STATUS = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -108,36 +108,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except _Abort as e:
             self._count(e.code, started, e.code.name.lower())
             await context.abort(e.code, e.message)
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        window = threading.Semaphore(AHEAD)
-
-        def on_piece(piece: object) -> None:  # in the worker: wait for room, unless cancelled
-            while not window.acquire(timeout=0.2):
-                if stream.cancelled:
-                    return
-            loop.call_soon_threadsafe(queue.put_nowait, piece)
-
-        def on_done(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, _END if error is None else error)
-
+        bridge = Bridge(loop, stream)
         try:
-            self._pool.submit(stream, on_piece, on_done)
+            self._pool.submit(stream, bridge.piece, bridge.done)
         except Busy as e:
             self._count(grpc.StatusCode.RESOURCE_EXHAUSTED, started, "busy")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        first: float | None = None
         code = grpc.StatusCode.CANCELLED
         try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, BaseException):
-                    log.error("generation failed: %r", item)
-                    code = grpc.StatusCode.INTERNAL
-                    await context.abort(code, f"generation failed: {item}")
-                if first is None:
-                    first = time.perf_counter() - started
-                yield inference_pb2.GenerateResponse(
-                    delta=inference_pb2.TextDelta(text=item.text))  # type: ignore[attr-defined]
-                window.release()
+            try:
+                async for batch in bridge.batches():  # a delta per batch, as the HTTP stream does
+                    yield inference_pb2.GenerateResponse(
+                        delta=inference_pb2.TextDelta(text="".join(piece.text for piece in batch)))
+            except Exception as e:  # noqa: BLE001 - the generation's own error, reported to the client
+                log.error("generation failed: %r", e)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, f"generation failed: {e}")
             yield inference_pb2.GenerateResponse(done=inference_pb2.GenerateDone(
                 model=name, finish_reason=stream.finish_reason or "stop", usage=inference_pb2.Usage(
                     prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens,
@@ -145,12 +131,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             code = grpc.StatusCode.OK
         finally:
             stream.cancel()  # a no-op after the end; else the worker stops before its next token
-            window.release(AHEAD)
             self._count(code, started, None if code == grpc.StatusCode.OK else code.name.lower())
             if self._metrics is not None:
-                elapsed = time.perf_counter() - started
+                end = time.perf_counter()
+                first = None if bridge.first_at is None else bridge.first_at - started
                 self._metrics.generation(stream.prompt_tokens, stream.completion_tokens, first,
-                                         elapsed - first if first is not None else 0.0,
+                                         end - bridge.first_at if bridge.first_at is not None else 0.0,
                                          cancelled=code == grpc.StatusCode.CANCELLED)
 
 

@@ -29,10 +29,11 @@ from agent.engine.engine import EngineClosed, Stream
 from agent.engine.pool import Busy, GenerationPool
 from agent.engine.sampling import ParamError
 from agent.engine.slot import Loaded, ModelSlot
+from agent.serve.bridge import Bridge
 from agent.serve.errors import ApiError, from_http_exception
 from agent.serve.metrics import ServeMetrics, gauge
 from agent.serve.parse import GenerationRequest, parse_chat, parse_completion
-from agent.serve.sse import DONE, Bridge, Chunks, event, usage
+from agent.serve.sse import DONE, Chunks, event, usage
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 << 20
@@ -205,7 +206,7 @@ class Server:
             field = "messages" if chat and e.field == "prompt" else e.field
             code = "context_length_exceeded" if "context" in e.message else "invalid_value"
             raise ApiError(400, e.message, param=field, code=code) from e
-        bridge = Bridge(asyncio.get_running_loop(), stream)
+        bridge = Bridge(asyncio.get_running_loop(), stream, streaming=req.stream)
         try:
             self.pool.submit(stream, bridge.piece, bridge.done)
         except Busy as e:

@@ -1,0 +1,97 @@
+"""Pieces from a generation's worker thread to the request's task on the event loop, shared by
+the OpenAI endpoints and the gRPC InferenceService."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import AsyncIterator
+
+from agent.engine.engine import Piece, Stream
+
+
+class _Done:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+# Pieces a worker may generate beyond what the request's task has taken; a window of 8 cost 15 %
+# of int4 tokens/s on the 80 M model.
+AHEAD = 64
+# After a chunk is written, the next waits this long for more pieces to join it. On 2 cores every
+# wake-up of the event loop's thread can preempt one of onnxruntime's spinning threads, which
+# stalls the op both are in: a chunk per token cost 15-20 % of int4 tokens/s. 15 ms is under one
+# frame of a 60 Hz screen, invisible to a reader; the first piece goes out at once, so time to
+# first token is unchanged.
+COALESCE_S = 0.015
+
+
+class Bridge:
+    """Pieces from a worker thread to the request's task, in order; the iteration ends when
+    the generation does and raises the generation's error, if any.
+
+    Streamed (``streaming``): the worker stays at most ``AHEAD`` pieces ahead, so a client that
+    hung up stops its generation within a few tokens instead of letting it run to the end
+    unread, and it wakes the event loop at most once per batch the request takes. Not streamed:
+    the worker runs free and wakes the loop once, when the generation ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: Stream, *, streaming: bool = True) -> None:
+        self._loop, self._stream, self._streaming = loop, stream, streaming
+        self._window = threading.Semaphore(AHEAD)
+        self._lock = threading.Lock()
+        self._pending: collections.deque[Piece | _Done] = collections.deque()
+        self._wake_scheduled = False  # until the request takes what is pending
+        self._ready = asyncio.Event()
+        self.first_at: float | None = None  # perf_counter() of the first piece (worker thread)
+
+    def piece(self, piece: Piece) -> None:  # worker thread
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        if self._streaming:  # wait for room, unless cancelled
+            while not self._window.acquire(timeout=0.2):
+                if self._stream.cancelled:
+                    return
+        self._push(piece, wake=self._streaming)
+
+    def done(self, error: BaseException | None) -> None:  # worker thread
+        self._push(_Done(error), wake=True)
+
+    def _push(self, item: Piece | _Done, *, wake: bool) -> None:
+        with self._lock:
+            self._pending.append(item)
+            if not wake or self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def __aiter__(self) -> AsyncIterator[Piece]:
+        async for batch in self.batches():
+            for piece in batch:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[Piece]]:
+        """The pieces in order, grouped: each batch is what arrived while the last one was being
+        written (and for COALESCE_S after it), so a slow reader gets fewer, larger chunks
+        instead of falling behind."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            with self._lock:
+                items = list(self._pending)
+                self._pending.clear()
+                self._wake_scheduled = False  # the next piece may wake the loop again
+            batch = [item for item in items if not isinstance(item, _Done)]
+            if self._streaming:
+                for _ in batch:
+                    self._window.release()
+            done = next((item for item in items if isinstance(item, _Done)), None)
+            if batch:
+                yield batch
+            if done is not None:
+                if done.error is not None:
+                    raise done.error
+                return
+            if batch:
+                await asyncio.sleep(COALESCE_S)
