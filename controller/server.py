@@ -27,6 +27,8 @@ from controller.pki import (
     raw_public_key,
 )
 from controller.registry import ModelRegistry
+from controller.rollouts.engine import RolloutEngine
+from controller.rollouts.waves import Limits
 from controller.services.admin import AdminServicer
 from controller.services.delivery import DeliveryServicer
 from controller.services.enrollment import EnrollmentServicer
@@ -75,6 +77,7 @@ class Controller:
         self.jobs: JobManager | None = None
         self.releases: Releases | None = None
         self.delivery: DeliveryServicer | None = None
+        self.rollouts: RolloutEngine | None = None
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> Endpoints:
@@ -100,6 +103,9 @@ class Controller:
         self.releases = Releases(self.store, self.registry, blobs, signing_key, profiles,
                                  ttl_ms=s.manifest_ttl_s * 1000)
         self.delivery = DeliveryServicer(self.store, self.releases, s.max_concurrent_downloads)
+        self.rollouts = RolloutEngine(
+            self.store, self.releases, self.registry, self.hub, tick_s=s.rollout_tick_s,
+            limits=Limits(s.rollout_max_in_flight, s.rollout_waves_per_minute))
 
         options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", s.max_message_bytes)]
         main = grpc.aio.server(options=options)
@@ -108,7 +114,7 @@ class Controller:
         delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(self.delivery, main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms, profiles=profiles,
-                          releases=self.releases), main)
+                          releases=self.releases, rollouts=self.rollouts), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineServicer(self.jobs, self.registry, profiles), main)
         credentials = grpc.ssl_server_credentials(
@@ -134,6 +140,7 @@ class Controller:
         for server in self._servers:
             await server.start()
         await self.jobs.start()
+        self.rollouts.start()
 
         enroll_host, _ = split_address("--enroll-listen", s.resolved_enroll_listen)
         endpoints = Endpoints(
@@ -166,6 +173,8 @@ class Controller:
         """Graceful: streams are told to end, in-flight calls get ``grace_s`` to finish, and
         everything acknowledged is already committed. Running jobs' workers are stopped and
         the jobs queued again, to resume at the next start."""
+        if self.rollouts is not None:
+            await self.rollouts.stop()
         self.hub.close_all("controller shutting down")
         if self.jobs is not None:
             await self.jobs.stop()

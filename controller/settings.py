@@ -33,6 +33,9 @@ class ControllerSettings:
     max_concurrent_downloads: int = 8  # blob downloads served at once; more get RESOURCE_EXHAUSTED
     manifest_ttl_s: int = 7 * 24 * 3600  # a signed manifest expires this long after it is issued
     extra_server_names: tuple[str, ...] = field(default=())
+    rollout_tick_s: float = 0.5  # how often the rollout engine moves running rollouts on
+    rollout_max_in_flight: int = 20  # devices being updated by rollouts at once
+    rollout_waves_per_minute: float = 10.0  # waves started per minute, per rollout, at most
 
     def __post_init__(self) -> None:
         split_address("--listen", self.listen)
@@ -51,6 +54,15 @@ class ControllerSettings:
         if not 60 <= self.manifest_ttl_s <= 366 * 24 * 3600:
             raise SettingsError(f"--manifest-ttl: {self.manifest_ttl_s} s is out of range; allowed "
                                 "60 s to 366 days")
+        if not 0.01 <= self.rollout_tick_s <= 60:
+            raise SettingsError(f"rollout_tick_s: {self.rollout_tick_s} s is out of range; allowed "
+                                "0.01 to 60 s")
+        if not 1 <= self.rollout_max_in_flight <= 10_000:
+            raise SettingsError(f"rollout_max_in_flight: {self.rollout_max_in_flight} is out of "
+                                "range; allowed 1..10000")
+        if not 0.01 <= self.rollout_waves_per_minute <= 10_000:
+            raise SettingsError(f"rollout_waves_per_minute: {self.rollout_waves_per_minute} is out of "
+                                "range; allowed 0.01..10000")
         if self.profiles_file is not None:
             from controller.build.profiles import ProfileError, load_profiles
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from protos import admin_pb2 as protos_dot_admin__pb2
+from protos import rollout_pb2 as protos_dot_rollout__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -109,6 +110,41 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ExportBundleRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.BundleChunk.FromString,
                 _registered_method=True)
+        self.CreateRollout = channel.unary_unary(
+                '/slmops.v1.AdminService/CreateRollout',
+                request_serializer=protos_dot_rollout__pb2.CreateRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.CreateRolloutResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/slmops.v1.AdminService/GetRollout',
+                request_serializer=protos_dot_rollout__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.GetRolloutResponse.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/slmops.v1.AdminService/ListRollouts',
+                request_serializer=protos_dot_rollout__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/slmops.v1.AdminService/PauseRollout',
+                request_serializer=protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/slmops.v1.AdminService/ResumeRollout',
+                request_serializer=protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/slmops.v1.AdminService/AbortRollout',
+                request_serializer=protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+                _registered_method=True)
+        self.RollbackRollout = channel.unary_unary(
+                '/slmops.v1.AdminService/RollbackRollout',
+                request_serializer=protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -210,6 +246,50 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRollout(self, request, context):
+        """Rollouts (protos/rollout.proto): a model to the devices a selector picks, in gated waves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackRollout(self, request, context):
+        """Every device the rollout switched back to its previous release.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +367,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportBundle,
                     request_deserializer=protos_dot_admin__pb2.ExportBundleRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.BundleChunk.SerializeToString,
+            ),
+            'CreateRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRollout,
+                    request_deserializer=protos_dot_rollout__pb2.CreateRolloutRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.CreateRolloutResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=protos_dot_rollout__pb2.GetRolloutRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.GetRolloutResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=protos_dot_rollout__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=protos_dot_rollout__pb2.RolloutActionRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.RolloutActionResponse.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=protos_dot_rollout__pb2.RolloutActionRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.RolloutActionResponse.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=protos_dot_rollout__pb2.RolloutActionRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.RolloutActionResponse.SerializeToString,
+            ),
+            'RollbackRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRollout,
+                    request_deserializer=protos_dot_rollout__pb2.RolloutActionRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.RolloutActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -694,6 +809,195 @@ class AdminService:
             '/slmops.v1.AdminService/ExportBundle',
             protos_dot_admin__pb2.ExportBundleRequest.SerializeToString,
             protos_dot_admin__pb2.BundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/CreateRollout',
+            protos_dot_rollout__pb2.CreateRolloutRequest.SerializeToString,
+            protos_dot_rollout__pb2.CreateRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/GetRollout',
+            protos_dot_rollout__pb2.GetRolloutRequest.SerializeToString,
+            protos_dot_rollout__pb2.GetRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/ListRollouts',
+            protos_dot_rollout__pb2.ListRolloutsRequest.SerializeToString,
+            protos_dot_rollout__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/PauseRollout',
+            protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+            protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/ResumeRollout',
+            protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+            protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/AbortRollout',
+            protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+            protos_dot_rollout__pb2.RolloutActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.AdminService/RollbackRollout',
+            protos_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+            protos_dot_rollout__pb2.RolloutActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,8 +84,8 @@ class RunningController:
     def __init__(self, data_dir: Path, **overrides: Any) -> None:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        settings = ControllerSettings(data_dir=data_dir, listen="127.0.0.1:0",
-                                      enroll_listen="127.0.0.1:0", **overrides)
+        settings = ControllerSettings(**{"data_dir": data_dir, "listen": "127.0.0.1:0",
+                                         "enroll_listen": "127.0.0.1:0", **overrides})
         self.controller = Controller(settings)
         self.endpoints = self.run(self.controller.start())
         self.config = ClientConfig.load(Path(self.endpoints.config_path))

@@ -45,6 +45,8 @@ _SPECS = (
     MetricSpec("inference_latency_ms", "ms", "mean request latency in the interval"),
     MetricSpec("inference_latency_p50_ms", "ms",
                "median request latency in the interval (from the latency histogram)"),
+    MetricSpec("inference_latency_p95_ms", "ms",
+               "95th percentile request latency in the interval (from the latency histogram)"),
     MetricSpec("inference_ttft_ms", "ms", "mean time to first token in the interval"),
 )
 

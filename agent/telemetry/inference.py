@@ -129,8 +129,9 @@ class InferenceSampler:
         if counts is not None:
             base = before_counts if before_counts and len(before_counts) == len(counts) \
                 else [0.0] * len(counts)
-            p50 = histogram_quantile(0.5, bounds, [max(0.0, a - b) for a, b in zip(counts, base,
-                                                                                    strict=True)])
-            if p50 is not None and math.isfinite(p50):
-                out.append(_value("inference_latency_p50_ms", p50 * 1000))
+            interval = [max(0.0, a - b) for a, b in zip(counts, base, strict=True)]
+            for metric, q in (("inference_latency_p50_ms", 0.5), ("inference_latency_p95_ms", 0.95)):
+                value = histogram_quantile(q, bounds, interval)
+                if value is not None and math.isfinite(value):
+                    out.append(_value(metric, value * 1000))
         return out

@@ -16,6 +16,7 @@ from controller.cli.jobs_cmd import jobs
 from controller.cli.models_cmd import models
 from controller.cli.output import CliError, fail
 from controller.cli.profiles_cmd import profiles
+from controller.cli.rollout_cmd import rollout
 from controller.cli.run_cmd import run
 from controller.cli.telemetry_cmd import telemetry
 from controller.cli.token_cmd import token
@@ -43,7 +44,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 
 for command in (controller, token, devices, telemetry, run, jobs, models, eval_, profiles, build,
-                bundle):
+                bundle, rollout):
     cli.add_command(command)
 
 

@@ -94,9 +94,12 @@ class Releases:
 
     # --- issuing ---------------------------------------------------------------------------
 
-    def assign(self, device: DeviceRecord, ref: str, now_ms: int) -> ReleaseRecord:
+    def assign(self, device: DeviceRecord, ref: str, now_ms: int, *,
+               rollout_id: str = "") -> ReleaseRecord:
         """Sign the variant of ``ref`` (NAME:VERSION, or NAME for its newest version) for the
-        device's profile as a new release and make it the device's desired state."""
+        device's profile as a new release and make it the device's desired state. With
+        ``rollout_id``, the device's row in that rollout is marked assigned in the same
+        transaction (Conflict if it was not pending)."""
         self._check_active(device)
         profile_name = device.effective_profile
         if not profile_name:
@@ -110,7 +113,7 @@ class Releases:
                                  f"does not know ({e.args[0]}); choose one with `slmops devices "
                                  f"set-profile {device.name} PROFILE`") from None
         variant = self._variant(ref, profile_name, f" to {_who(device)}")
-        return self._issue(variant, profile, device.id, now_ms)
+        return self._issue(variant, profile, device.id, now_ms, rollout_id)
 
     def for_bundle(self, ref: str, profile: str, now_ms: int) -> ReleaseRecord:
         """A release of the variant of ``ref`` for ``profile``, issued to no device (a bundle)."""
@@ -151,7 +154,7 @@ class Releases:
             return self._save(again, device.id, now_ms)
 
     def _issue(self, variant: VariantRecord, profile: DeviceProfile, device_id: str,
-               now_ms: int) -> ReleaseRecord:
+               now_ms: int, rollout_id: str = "") -> ReleaseRecord:
         files = self._ingest(variant)
         model = self._registry.get(variant.model_ref)
         lineage = {**model.lineage, **{k: v for k, v in (("job_id", model.job_id),
@@ -166,15 +169,16 @@ class Releases:
                 metrics={k: variant.metrics[k] for k in METRIC_KEYS if k in variant.metrics},
                 lineage=lineage,
             )
-            return self._save(manifest, device_id, now_ms)
+            return self._save(manifest, device_id, now_ms, rollout_id)
 
-    def _save(self, manifest: Manifest, device_id: str, now_ms: int) -> ReleaseRecord:
+    def _save(self, manifest: Manifest, device_id: str, now_ms: int,
+              rollout_id: str = "") -> ReleaseRecord:
         body, signature = sign(manifest, self._key)
         record = ReleaseRecord(
             release=manifest.release, device_id=device_id, model=manifest.model,
             version=manifest.version, profile=manifest.profile, manifest_json=body,
             signature=signature, rollback=manifest.rollback, created_at_ms=now_ms)
-        self._store.add_release(record, (f.sha256 for f in manifest.files))
+        self._store.add_release(record, (f.sha256 for f in manifest.files), rollout_id)
         return record
 
     # --- serving ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 certificate only.
 
 Benchmarks and the profile override are in services/device_ops.py (a mixin of this servicer).
+Rollouts are in services/rollouts.py (another mixin).
 Model delivery: AssignModel and RollbackDevice sign a release (controller/delivery/releases.py)
 and push the new desired state down the device's stream if it is online; ExportBundle streams a
 signed release and its blobs as one tar file for a device with no network path.
@@ -26,6 +27,7 @@ from controller.delivery.blobs import BlobError
 from controller.delivery.releases import ReleaseRefused, Releases
 from controller.hub import Hub
 from controller.ingest import IngestWriter
+from controller.rollouts.engine import RolloutEngine
 from controller.services.common import (
     device_to_proto,
     maps_errors,
@@ -38,6 +40,7 @@ from controller.services.common import (
 )
 from controller.services.device_ops import DeviceOpsMixin
 from controller.services.fleet import load_desired_state
+from controller.services.rollouts import RolloutOpsMixin
 from controller.store import DeviceRecord, FleetStore, NotFound, TokenRecord
 from controller.telemetry.aggregate import AGGREGATIONS, bucketize
 from protos import admin_pb2, admin_pb2_grpc
@@ -65,13 +68,15 @@ def _model_ref(value: str) -> str:
     return validation.text("model", value, 320)
 
 
-class AdminServicer(DeviceOpsMixin, admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter, offline_after_ms: int,
-                 profiles: ProfileSet | None = None, releases: Releases | None = None) -> None:
+                 profiles: ProfileSet | None = None, releases: Releases | None = None,
+                 rollouts: RolloutEngine | None = None) -> None:
         self._store, self._hub, self._ingest = store, hub, ingest
         self._offline_after_ms = offline_after_ms
         self._profiles = profiles or builtin_profiles()
         self._delivery = releases  # None: this controller does not deliver models
+        self._rollouts = rollouts  # None: nor run rollouts
 
     def _device(self, device):  # type: ignore[no-untyped-def]
         return device_to_proto(device, self._hub, self._offline_after_ms)

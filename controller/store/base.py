@@ -10,6 +10,8 @@ import abc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from controller.store.rollouts import RolloutStore
+
 
 class StoreError(Exception):
     """A request the state can't satisfy; the message is meant for the user."""
@@ -168,7 +170,7 @@ class Touch:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-class FleetStore(abc.ABC):
+class FleetStore(RolloutStore, abc.ABC):
     # tokens
     @abc.abstractmethod
     def create_token(self, token: TokenRecord) -> None: ...
@@ -232,12 +234,15 @@ class FleetStore(abc.ABC):
         """A new release number, higher than every one handed out before (never reused)."""
 
     @abc.abstractmethod
-    def add_release(self, record: ReleaseRecord, blobs: Iterable[str]) -> DeviceRecord | None:
+    def add_release(self, record: ReleaseRecord, blobs: Iterable[str],
+                    rollout_id: str = "") -> DeviceRecord | None:
         """Store a signed manifest and the sha256s of its files. For a device (``device_id``
         set), in the same transaction: the device may fetch those blobs, and the release becomes
         its desired state (desired_release, desired_model, desired_profile, and
         desired_generation + 1); returns the device as updated. None for a bundle. Raises
-        NotFound for an unknown or removed device."""
+        NotFound for an unknown or removed device. With ``rollout_id``, also in that transaction:
+        the device's row in that rollout goes from pending to assigned with this release, and
+        Conflict (nothing stored) if it was not pending: a device is never assigned twice."""
 
     @abc.abstractmethod
     def desired_manifest(self, device_id: str) -> ReleaseRecord | None:

@@ -187,3 +187,64 @@ counters = Table(
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False, default=0),
 )
+
+# Rollouts (controller/rollouts/): one row per rollout, its state machine and its spec; one row
+# per targeted device with its wave and where it stands; and the audit trail of who did what.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(320), nullable=False),
+    Column("selector", Text, nullable=False, default="{}"),
+    Column("waves_spec", String(255), nullable=False),
+    Column("wave_sizes", Text, nullable=False, default="[]"),  # JSON list of device counts
+    Column("bake_ms", BigInteger, nullable=False, default=0),
+    Column("max_failure", String(32), nullable=False, default="0"),
+    Column("gates", Text, nullable=False, default="{}"),
+    Column("auto_rollback", Boolean, nullable=False, default=True),
+    Column("offline_timeout_ms", BigInteger, nullable=False, default=0),
+    Column("offline_policy", String(16), nullable=False, default="failed"),
+    Column("state", String(16), nullable=False),
+    Column("current_wave", Integer, nullable=False, default=0),
+    Column("wave_started_ms", BigInteger, nullable=False, default=0),
+    Column("bake_started_ms", BigInteger, nullable=False, default=0),
+    Column("reason", Text, nullable=False, default=""),
+    Column("gate_results", Text, nullable=False, default="[]"),
+    Column("created_by", String(255), nullable=False, default=""),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("finished_at_ms", BigInteger, nullable=False, default=0),
+    Index("ix_rollouts_state", "state"),
+)
+
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    Column("rollout_id", String(64), ForeignKey("rollouts.id"), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("device_name", String(255), nullable=False, default=""),
+    Column("wave", Integer, nullable=False),  # -1: skipped at planning
+    Column("profile", String(255), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("release", BigInteger, nullable=False, default=0),
+    Column("previous_release", BigInteger, nullable=False, default=0),
+    Column("previous_model", String(320), nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+    Column("figures", Text, nullable=False, default="{}"),
+    Column("assigned_at_ms", BigInteger, nullable=False, default=0),
+    Column("updated_at_ms", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint("rollout_id", "device_id", name="pk_rollout_devices"),
+    Index("ix_rollout_devices_device", "device_id"),
+)
+
+rollout_events = Table(
+    "rollout_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(64), ForeignKey("rollouts.id"), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_rollout_events_rollout", "rollout_id", "id"),
+)

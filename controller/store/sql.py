@@ -56,6 +56,7 @@ from controller.store.base import (
     TokenRejected,
     Touch,
 )
+from controller.store.rollouts_sql import SqlRolloutsMixin
 from controller.store.schema import (
     ADDED_COLUMNS,
     benchmarks,
@@ -138,7 +139,7 @@ def _forward(column: Any, value: Any) -> Any:
     return case((column < value, value), else_=column)
 
 
-class SqlFleetStore(FleetStore):
+class SqlFleetStore(SqlRolloutsMixin, FleetStore):
     """The fleet state in one SQL database, e.g. ``sqlite:///var/lib/slmops/fleet.db``."""
 
     def __init__(self, url: str) -> None:
@@ -459,11 +460,15 @@ class SqlFleetStore(FleetStore):
             conn.execute(update(counters).where(where).values(value=counters.c.value + 1))
             return int(conn.execute(select(counters.c.value).where(where)).scalar_one())
 
-    def add_release(self, record: ReleaseRecord, blobs: Iterable[str]) -> DeviceRecord | None:
+    def add_release(self, record: ReleaseRecord, blobs: Iterable[str],
+                    rollout_id: str = "") -> DeviceRecord | None:
         values = {c.name: getattr(record, c.name) for c in releases.columns if c.name != "id"}
         shas = sorted(set(blobs))
         with self._write() as conn:
             found = self._active(conn, record.device_id) if record.device_id else None
+            if found is not None and rollout_id:
+                self._claim_for_rollout(conn, rollout_id, record.device_id, record.release,
+                                        record.created_at_ms)
             conn.execute(insert(releases).values(values))
             if found is None:
                 return None

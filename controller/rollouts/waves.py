@@ -1,0 +1,249 @@
+"""One step of one rollout's state machine, run by the engine on each tick (synchronous, in a
+worker thread; every decision is read from and written to the store, so a restarted controller
+takes up where the last one stopped).
+
+A step starts the current wave's devices (under the in-flight cap), follows each assigned device
+through its deployment reports, counts offline devices by the policy once their timeout passes,
+and, when every device of the wave has settled, checks the failures, bakes, judges the gates and
+moves to the next wave, finishes, or halts (and with auto-rollback, rolls back). Each step
+returns the devices whose desired state changed, for the engine to push down their streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.delivery.releases import ReleaseRefused, Releases
+from controller.rollouts import gates
+from controller.rollouts.plan import allowed_failures
+from controller.store import Conflict, FleetStore, NotFound
+from controller.store.rollouts import RolloutDeviceRecord, RolloutEventRecord, RolloutRecord
+
+log = logging.getLogger(__name__)
+SYSTEM = "system"  # the actor of what the engine decides on its own
+ROLLBACK_FROM = ("running", "paused", "halted", "succeeded", "aborted")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_in_flight: int = 20  # devices being updated at once, over all rollouts
+    waves_per_minute: float = 10.0
+
+
+def event(rollout_id: str, actor: str, action: str, detail: str, now_ms: int) -> RolloutEventRecord:
+    return RolloutEventRecord(rollout_id, actor, action, detail, now_ms)
+
+
+class WaveStepper:
+    def __init__(self, store: FleetStore, releases: Releases, online: Callable[[str], bool],
+                 limits: Limits) -> None:
+        self._store, self._releases, self._online, self._limits = store, releases, online, limits
+        self._last_wave_start: dict[str, int] = {}
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def step(self, rollout: RolloutRecord, now: int) -> list[str]:
+        pushes: list[str] = []
+        if rollout.state == "running" and not rollout.wave_started_ms:
+            gap = 60_000 / self._limits.waves_per_minute
+            if now - self._last_wave_start.get(rollout.id, 0) < gap:
+                return pushes
+            names = [d.device_name for d in self._store.rollout_devices(rollout.id)
+                     if d.wave == rollout.current_wave]
+            started = self._store.update_rollout(
+                rollout.id, ["running"], event(rollout.id, SYSTEM, "wave_started",
+                                               f"wave {rollout.current_wave + 1} of "
+                                               f"{len(rollout.wave_sizes)}: {', '.join(names)}", now),
+                wave_started_ms=now, bake_started_ms=0, updated_at_ms=now)
+            if started is None:
+                return pushes
+            rollout = started
+            self._last_wave_start[rollout.id] = now
+        for d in self._store.rollout_devices(rollout.id):
+            if d.status == "assigned":
+                self._follow(rollout, d, now)
+        if rollout.state != "running":
+            return pushes  # paused: in-flight updates finish, nothing new starts
+        self._start_wave(rollout, now, pushes)
+        self._judge_wave(rollout, now, pushes)
+        return pushes
+
+    def _set(self, d: RolloutDeviceRecord, now: int, **changes: Any) -> None:
+        self._store.update_rollout_device(d.rollout_id, d.device_id, [d.status], updated_at_ms=now,
+                                          **changes)
+
+    def _offline_verdict(self, rollout: RolloutRecord, d: RolloutDeviceRecord, since: int,
+                         now: int) -> None:
+        seconds = (now - since) / 1000
+        self._set(d, now, status=rollout.offline_policy,
+                  reason=f"offline: no live stream for {seconds:.0f} s after its update was due "
+                         f"(offline timeout {rollout.offline_timeout_ms / 1000:g} s, policy "
+                         f"{rollout.offline_policy}); it converges when it returns")
+
+    def _follow(self, rollout: RolloutRecord, d: RolloutDeviceRecord, now: int) -> None:
+        device = self._store.get_device(d.device_id)
+        if device is None or device.removed_at_ms:
+            self._set(d, now, status="failed", reason="removed from the fleet during the rollout")
+            return
+        report = device.deployment
+        if device.desired_release != d.release:
+            self._set(d, now, status="failed", reason=f"assigned release {device.desired_release} "
+                      "outside this rollout while it was being updated")
+        elif report.release == d.release and report.phase == "active" and \
+                report.active_release == d.release:
+            self._set(d, now, status="active", reason="", previous_release=report.previous_release,
+                      previous_model=report.previous_model,
+                      figures=gates.figures(self._store, device, now, now))
+        elif report.release == d.release and report.phase in ("failed", "refused"):
+            self._set(d, now, status="failed", reason=f"{report.phase}: {report.reason}",
+                      figures=gates.figures(self._store, device, now, now))
+        elif not self._online(d.device_id) and now - d.assigned_at_ms > rollout.offline_timeout_ms:
+            self._offline_verdict(rollout, d, d.assigned_at_ms, now)
+
+    def _start_wave(self, rollout: RolloutRecord, now: int, pushes: list[str]) -> None:
+        in_flight = self._store.count_in_flight()
+        for d in self._store.rollout_devices(rollout.id):
+            if d.wave != rollout.current_wave or d.status != "pending":
+                continue
+            if in_flight >= self._limits.max_in_flight:
+                return
+            device = self._store.get_device(d.device_id)
+            if device is None or device.removed_at_ms:
+                self._set(d, now, status="failed", reason="removed from the fleet")
+                continue
+            if not self._online(d.device_id):
+                if now - rollout.wave_started_ms > rollout.offline_timeout_ms:
+                    self._offline_verdict(rollout, d, rollout.wave_started_ms, now)
+                continue
+            try:
+                self._releases.assign(device, rollout.model, now, rollout_id=rollout.id)
+            except Conflict:
+                continue  # recorded as assigned already (by a step before a restart)
+            except (ReleaseRefused, NotFound) as e:
+                self._set(d, now, status="failed", reason=str(e))
+                continue
+            pushes.append(d.device_id)
+            in_flight += 1
+
+    def _judge_wave(self, rollout: RolloutRecord, now: int, pushes: list[str]) -> None:
+        wave = rollout.current_wave
+        devices = [d for d in self._store.rollout_devices(rollout.id) if d.wave >= 0]
+        if any(d.status in ("pending", "assigned") for d in devices if d.wave == wave):
+            return
+        so_far = [d for d in devices if d.wave <= wave]
+        failed = [d for d in so_far if d.status == "failed"]
+        allowed = allowed_failures(rollout.max_failure, len(so_far))
+        if len(failed) > allowed:
+            results = [{"gate": "max_failure", "device_id": d.device_id, "device_name": d.device_name,
+                        "value": None, "limit": None, "passed": False, "detail": d.reason}
+                       for d in failed]
+            why = "; ".join(f"{d.device_name}: {d.reason}" for d in failed)
+            self._halt(rollout, f"wave {wave + 1}: {len(failed)} of {len(so_far)} devices failed, "
+                       f"more than max_failure {rollout.max_failure} ({why})", results, now, pushes)
+            return
+        if not rollout.bake_started_ms:
+            self._store.update_rollout(rollout.id, ["running"], bake_started_ms=now, updated_at_ms=now)
+            return
+        if now - rollout.bake_started_ms < rollout.bake_ms:
+            return
+        results: list[dict[str, Any]] = []
+        for d in so_far:
+            device = self._store.get_device(d.device_id)
+            if d.status != "active" or device is None:
+                continue
+            figs = gates.figures(self._store, device, rollout.bake_started_ms, now)
+            self._set(d, now, figures=figs)
+            results.extend(gates.judge(rollout.gates, d.device_id, d.device_name, figs))
+        bad = [r for r in results if not r["passed"]]
+        if bad:
+            self._halt(rollout, f"wave {wave + 1}: {gates.summary(bad)}", results, now, pushes)
+            return
+        last = wave + 1 >= len(rollout.wave_sizes)
+        detail = f"wave {wave + 1} passed its gates after a {rollout.bake_ms / 1000:g} s bake"
+        if last:
+            done = self._store.update_rollout(
+                rollout.id, ["running"], event(rollout.id, SYSTEM, "succeeded", detail, now),
+                state="succeeded", gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
+            if done is not None:
+                self._converge_offline(done, now, pushes)
+        else:
+            self._store.update_rollout(
+                rollout.id, ["running"], event(rollout.id, SYSTEM, "wave_passed", detail, now),
+                current_wave=wave + 1, wave_started_ms=0, bake_started_ms=0,
+                gate_results=tuple(results), updated_at_ms=now)
+
+    def _converge_offline(self, rollout: RolloutRecord, now: int, pushes: list[str]) -> None:
+        """After success, devices counted out while offline get the release as their desired
+        state, so each converges when it comes back."""
+        for d in self._store.rollout_devices(rollout.id):
+            if d.status in ("failed", "skipped") and d.reason.startswith("offline"):
+                device = self._store.get_device(d.device_id)
+                if device is None or device.removed_at_ms:
+                    continue
+                try:
+                    release = self._releases.assign(device, rollout.model, now)
+                except (ReleaseRefused, NotFound) as e:
+                    self._set(d, now, reason=f"{d.reason}; can't be assigned: {e}")
+                    continue
+                self._set(d, now, status="assigned", release=release.release, assigned_at_ms=now,
+                          reason="offline during the rollout; assigned at its end, it converges "
+                                 "when it returns")
+                pushes.append(d.device_id)
+
+    # --- halt and roll back --------------------------------------------------------------------
+
+    def _halt(self, rollout: RolloutRecord, reason: str, results: list[dict[str, Any]], now: int,
+              pushes: list[str]) -> None:
+        halted = self._store.update_rollout(
+            rollout.id, ["running"], event(rollout.id, SYSTEM, "halted", reason, now),
+            state="halted", reason=reason, gate_results=tuple(results), finished_at_ms=now,
+            updated_at_ms=now)
+        log.warning("rollout %s halted: %s", rollout.id, reason)
+        if halted is not None and halted.auto_rollback:
+            pushes.extend(self.roll_back(halted, SYSTEM, now))
+
+    def roll_back(self, rollout: RolloutRecord, actor: str, now: int) -> list[str]:
+        """Every device this rollout switched goes back to its previous release; the rollout
+        ends rolled_back. Devices whose update failed never switched (the old model kept
+        serving) and are left as they are."""
+        current = self._store.update_rollout(rollout.id, ROLLBACK_FROM, state="rolled_back",
+                                             updated_at_ms=now, finished_at_ms=rollout.finished_at_ms or now)
+        if current is None:
+            raise Conflict(f"rollout {rollout.id} is {self._state(rollout.id)}; it can't be rolled "
+                           "back (again)")
+        pushes, back, kept = [], [], []
+        for d in self._store.rollout_devices(rollout.id):
+            if d.status not in ("active", "assigned"):
+                continue
+            device = self._store.get_device(d.device_id)
+            if device is None or device.removed_at_ms:
+                continue
+            if device.deployment.active_release != d.release:
+                if d.status == "assigned":
+                    kept.append(f"{d.device_name}: still updating")
+                    self._set(d, now, reason="was still updating when the rollout was rolled back")
+                else:
+                    kept.append(f"{d.device_name}: now runs release {device.deployment.active_release}")
+                continue
+            try:
+                release = self._releases.rollback(device, now)
+            except (ReleaseRefused, NotFound) as e:
+                kept.append(f"{d.device_name}: {e}")
+                self._set(d, now, reason=f"not rolled back: {e}")
+                continue
+            self._set(d, now, status="rolled_back",
+                      reason=f"back to release {release.release} ({release.ref})")
+            back.append(d.device_name)
+            pushes.append(d.device_id)
+        detail = f"{len(back)} device(s) back to their previous model: {', '.join(back) or '-'}"
+        if kept:
+            detail += f"; not rolled back: {'; '.join(kept)}"
+        self._store.update_rollout(rollout.id, [], event(rollout.id, actor, "rolled_back", detail, now))
+        return pushes
+
+    def _state(self, rollout_id: str) -> str:
+        found = self._store.get_rollout(rollout_id)
+        return found.state if found else "gone"

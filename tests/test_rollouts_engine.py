@@ -1,0 +1,198 @@
+"""Rollouts end to end: a real controller (its rollout engine ticking every 0.1 s) and three real
+agent daemons in this process over real mTLS, each running support:1 of the tiny int4 variant,
+rolled to support:2 in waves: success, a canary that fails the on-device gate, pause and resume,
+rollback of a finished rollout, and a controller restarted between waves."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import variants
+from inproc import RunningAgent, RunningController
+from test_delivery_e2e import _assign, _device, _phase, _register, _wait_for
+
+from protos import admin_pb2, rollout_pb2
+
+NAMES = ("edge-1", "edge-2", "edge-3")
+FAST = {"rollout_tick_s": 0.1, "rollout_waves_per_minute": 6000.0}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
+    return variants.tiny_variants(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
+    return variants.golden_rows(tiny.int4, tiny.test_rows, 6)
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ctl = RunningController(root / "ctl", **FAST)
+        self.agents: list[RunningAgent] = []
+
+    def restart_controller(self) -> None:
+        listen, enroll = self.ctl.endpoints.listen, self.ctl.endpoints.enroll
+        self.ctl.stop()
+        self.ctl = RunningController(self.root / "ctl", listen=listen, enroll_listen=enroll, **FAST)
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        self.ctl.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, tiny, golden) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+    """Three agents labelled site=lab, each active on support:1 (first release)."""
+    f = Fleet(tmp_path)
+    try:
+        for name in NAMES:
+            f.agents.append(RunningAgent(f.ctl, tmp_path / name, name, serve_port=0))
+        for name in NAMES:
+            _wait_for(lambda n=name: _device(f.ctl, n).status == "online", f"{name} online")
+            f.ctl.admin.UpdateDeviceLabels(admin_pb2.UpdateDeviceLabelsRequest(
+                id=name, set={"site": "lab"}), timeout=10)
+        profile = _device(f.ctl, NAMES[0]).profile
+        f.v1 = _register(f.ctl, tmp_path / "v1", "support", tiny.int4, profile, golden)
+        f.first = {n: _assign(f.ctl, n, f.v1) for n in NAMES}
+        for name, release in f.first.items():
+            _phase(f.ctl, name, release, "active")
+        f.profile = profile
+        yield f
+    finally:
+        f.stop()
+
+
+def _create(ctl: RunningController, **fields) -> rollout_pb2.Rollout:  # type: ignore[no-untyped-def]
+    request = rollout_pb2.CreateRolloutRequest(**{
+        "model": "support:2", "selector": {"site": "lab"}, "waves": "1,50%,100%", "bake_ms": 1000,
+        "max_failure": "0", "gates": rollout_pb2.RolloutGates(min_device_accuracy=0.9), **fields})
+    return ctl.admin.CreateRollout(request, timeout=60).rollout
+
+
+def _get(ctl: RunningController, rollout_id: str) -> rollout_pb2.Rollout:
+    return ctl.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=rollout_id), timeout=10).rollout
+
+
+def _until_state(ctl: RunningController, rollout_id: str, *states: str) -> rollout_pb2.Rollout:
+    found: list[rollout_pb2.Rollout] = []
+
+    def reached() -> bool:
+        found[:] = [_get(ctl, rollout_id)]
+        return found[0].state in states
+
+    try:
+        _wait_for(reached, f"rollout {rollout_id} to be {'/'.join(states)}", 120)
+    except AssertionError:
+        raise AssertionError(f"last: {found[0] if found else None}") from None
+    return found[0]
+
+
+def _status(rollout: rollout_pb2.Rollout) -> dict[str, str]:
+    return {d.device_name: d.status for d in rollout.devices}
+
+
+def _v2_releases(ctl: RunningController, name: str) -> int:
+    """How many releases of support:2 were issued to the device."""
+    device = ctl.store.find_device(name)
+    return sum(1 for r in range(1, ctl.store.next_release())
+               if (rec := ctl.store.get_release(r, device.id)) and rec.ref == "support:2")
+
+
+def test_canary_then_waves_reach_every_device(fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
+    created = _create(fleet.ctl)
+    assert created.id.startswith("r-") and [w.size for w in created.waves] == [1, 1, 1]
+    assert created.created_by == "admin" and created.state == "running"
+    done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
+    assert done.state == "succeeded", done.reason
+    assert set(_status(done).values()) == {"active"}
+    for d in done.devices:
+        assert _device(fleet.ctl, d.device_name).deployment.active_model == "support:2"
+        assert d.previous_model == "support:1"
+    assert {r.gate for r in done.gate_results} == {"min_device_accuracy"}
+    assert all(r.passed for r in done.gate_results)
+    actions = [e.action for e in done.events]
+    assert actions[0] == "created" and actions.count("wave_started") == 3 and actions[-1] == "succeeded"
+    listed = fleet.ctl.admin.ListRollouts(rollout_pb2.ListRolloutsRequest(), timeout=10).rollouts
+    assert [r.id for r in listed] == [created.id]
+
+
+def test_a_canary_failing_the_on_device_gate_halts_and_leaves_the_others_alone(
+        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    wrong = [{"prompt": row["prompt"], "answer": "no such answer"} for row in golden]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, wrong)
+    created = _create(fleet.ctl)
+    done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
+    assert done.state == "rolled_back" and done.reason.startswith("wave 1:")
+    canary = done.devices[0]
+    assert canary.wave == 0 and canary.status == "failed" and canary.reason.startswith("failed: gate:")
+    assert [(r.gate, r.device_name) for r in done.gate_results] == [("max_failure", canary.device_name)]
+    for d in done.devices[1:]:
+        assert d.status == "pending" and d.release == 0
+        assert _v2_releases(fleet.ctl, d.device_name) == 0
+    for name in NAMES:  # the canary never switched: the old model kept serving everywhere
+        deployment = _device(fleet.ctl, name).deployment
+        assert (deployment.active_model, deployment.active_release) == ("support:1", fleet.first[name])
+
+
+def test_pause_lets_in_flight_updates_finish_and_starts_nothing_until_resume(
+        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
+    created = _create(fleet.ctl)
+    _wait_for(lambda: _status(_get(fleet.ctl, created.id))[NAMES[0]] != "pending", "the canary to start")
+    paused = fleet.ctl.admin.PauseRollout(rollout_pb2.RolloutActionRequest(id=created.id),
+                                          timeout=10).rollout
+    assert paused.state == "paused"
+    _wait_for(lambda: _status(_get(fleet.ctl, created.id))[NAMES[0]] == "active", "the canary to finish")
+    time.sleep(1.5)  # several ticks and more than the bake: nothing may start while paused
+    rollout = _get(fleet.ctl, created.id)
+    assert rollout.state == "paused" and rollout.current_wave == 0
+    assert [_status(rollout)[n] for n in NAMES[1:]] == ["pending", "pending"]
+    with pytest.raises(grpc.RpcError) as e:
+        fleet.ctl.admin.PauseRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "paused" in e.value.details()
+    fleet.ctl.admin.ResumeRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
+    done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
+    assert done.state == "succeeded", done.reason
+    assert [e.action for e in done.events if e.action in ("paused", "resumed")] == ["paused", "resumed"]
+    assert all(e.actor == "admin" for e in done.events if e.action in ("paused", "resumed"))
+
+
+def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_model(
+        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
+    created = _create(fleet.ctl)
+    assert _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back").state == "succeeded"
+    back = fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id),
+                                           timeout=30).rollout
+    assert back.state == "rolled_back" and set(_status(back).values()) == {"rolled_back"}
+    for name in NAMES:  # verified by the devices' own reports
+        assert _phase(fleet.ctl, name, fleet.first[name], "rolled_back").active_model == "support:1"
+    with pytest.raises(grpc.RpcError) as e:
+        fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_twice(
+        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
+    created = _create(fleet.ctl, bake_ms=3000)
+    _wait_for(lambda: _get(fleet.ctl, created.id).current_wave >= 1, "wave 1 to pass")
+    before = _get(fleet.ctl, created.id)
+    fleet.restart_controller()
+    after = _get(fleet.ctl, created.id)
+    assert after.current_wave == before.current_wave >= 1  # not back to the canary, not skipped ahead
+    done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
+    assert done.state == "succeeded", done.reason
+    assert [e.action for e in done.events].count("wave_started") == 3
+    for name in NAMES:
+        assert _v2_releases(fleet.ctl, name) == 1
+        assert _device(fleet.ctl, name).deployment.active_model == "support:2"
