@@ -136,21 +136,18 @@ def build_lora_variants(work: Path) -> list[tuple[Path, list[dict[str, str]]]]:
 def golden_rows(variant: Path) -> list[dict[str, str]]:
     """GOLDEN_N support-task prompts with the variant's own greedy answers, answered as the
     on-device gate answers them (agent/delivery/gate.py)."""
-    from agent.delivery.gate import clean_answer, plain_prompt
-    from agent.engine import Engine, SamplingParams
+    from agent.chat_format import clean_answer
+    from agent.engine import Engine
+    from agent.engine.answer import greedy_answer
     from controller.pipeline.task import support
 
     engine = Engine.load(variant)
-    rows = []
     try:
-        for row in support.generate("test", GOLDEN_N, seed=0):
-            text = (engine.chat_prompt([{"role": "user", "content": row["prompt"]}])
-                    if engine.info.chat_template is not None else plain_prompt(row["prompt"]))
-            rows.append({"prompt": row["prompt"],
-                         "answer": clean_answer(engine.complete(text, SamplingParams(max_tokens=64)).text)})
+        return [{"prompt": row["prompt"],
+                 "answer": clean_answer(greedy_answer(engine, row["prompt"], 64).text)}
+                for row in support.generate("test", GOLDEN_N, seed=0)]
     finally:
         engine.close()
-    return rows
 
 
 def manifest_files(agent: AgentProc, release: int) -> list[dict[str, Any]]:

@@ -97,18 +97,15 @@ def tiny_variants(factory: pytest.TempPathFactory) -> TinyVariants:
 def golden_rows(variant: Path, rows: list[dict], n: int) -> list[dict[str, str]]:
     """The first ``n`` rows' prompts with ``variant``'s own greedy answers, judged as the
     on-device gate judges them: golden prompts the variant passes."""
-    from agent.delivery.gate import clean_answer, plain_prompt
-    from agent.engine import Engine, SamplingParams
+    from agent.chat_format import clean_answer
+    from agent.engine import Engine
+    from agent.engine.answer import greedy_answer
 
     engine = Engine.load(variant)
     try:
-        golden = []
-        for row in rows[:n]:
-            text = (engine.chat_prompt([{"role": "user", "content": row["prompt"]}])
-                    if engine.info.chat_template is not None else plain_prompt(row["prompt"]))
-            answer = engine.complete(text, SamplingParams(max_tokens=64)).text
-            golden.append({"prompt": row["prompt"], "answer": clean_answer(answer)})
-        return golden
+        return [{"prompt": row["prompt"],
+                 "answer": clean_answer(greedy_answer(engine, row["prompt"], 64).text)}
+                for row in rows[:n]]
     finally:
         engine.close()
 

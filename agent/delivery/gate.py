@@ -23,20 +23,17 @@ model still serving is not counted), or its peak resident memory when no baselin
 from __future__ import annotations
 
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from agent.bench import DEFAULT_PROMPTS, memory_status, percentile
+from agent.chat_format import clean_answer, normalize
 from agent.delivery.manifest import Gate
-from agent.engine import Engine, ParamError, SamplingParams
+from agent.engine import Engine, ParamError
+from agent.engine.answer import NoRoom, greedy_answer
 
-# Must equal controller/pipeline/chat.py prompt_text (the build's format for a variant without a
-# chat template); its USER/ASSISTANT/END/PAD tokens likewise.
-PLAIN_PROMPT = "<|user|>\n{prompt}\n<|assistant|>\n"
-ANSWER_ENDS = ("<|end|>", "<|pad|>")
 SPEED_PROMPTS = DEFAULT_PROMPTS[:5]  # when the manifest has no golden prompts: 1 warm-up + 4 timed
 MAX_FAILURES_SHOWN = 5
 MAX_TEXT_SHOWN = 200
@@ -48,25 +45,6 @@ class GateResult:
     passed: bool
     reason: str  # "" when passed; else "gate: <every failed check, measured vs limit>"
     figures: dict[str, Any]  # JSON-able: what was measured, the limits, the first failures
-
-
-def plain_prompt(prompt: str) -> str:
-    """controller/pipeline/chat.py prompt_text: what a model without a chat template sees."""
-    return PLAIN_PROMPT.format(prompt=prompt)
-
-
-def clean_answer(generated: str) -> str:
-    """controller/pipeline/chat.py clean_answer: up to the first end marker, stripped."""
-    for stop in ANSWER_ENDS:
-        cut = generated.find(stop)
-        if cut >= 0:
-            generated = generated[:cut]
-    return generated.strip()
-
-
-def normalize(text: str) -> str:
-    """controller/pipeline/evaluate/metrics.py normalize: what exact match compares."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 @dataclass(frozen=True)
@@ -90,29 +68,14 @@ class _Memory:
 
 
 def _answer(engine: Engine, prompt: str, max_new_tokens: int, memory: _Memory) -> _Answer:
-    """One greedy answer, timed, as controller/build/measure.py's _Runner.answer."""
-    text = (engine.chat_prompt([{"role": "user", "content": prompt}])
-            if engine.info.chat_template is not None else plain_prompt(prompt))
-    room = engine.info.context_length - len(engine.encode(text))
-    if room < 1:
-        return _Answer("", 0, 0.0, 0.0, f"the prompt does not fit the model's context "
-                                        f"({engine.info.context_length} tokens)")
-    params = SamplingParams(max_tokens=min(max_new_tokens, room), temperature=0.0)
-    started = time.perf_counter()
-    first = 0.0
+    """One greedy answer, timed, as the build's check takes it (agent/engine/answer.py)."""
     try:
-        stream = engine.stream(text, params)
-    except ParamError as e:
+        # sampled at the first piece: the generation's KV cache is allocated by then
+        answer = greedy_answer(engine, prompt, max_new_tokens, on_first_piece=memory.sample)
+    except (NoRoom, ParamError) as e:
         return _Answer("", 0, 0.0, 0.0, str(e))
-    pieces = []
-    for piece in stream:
-        if not pieces:
-            first = time.perf_counter() - started
-            memory.sample()  # the generation's KV cache is allocated by now
-        pieces.append(piece.text)
-    total = time.perf_counter() - started
     memory.sample()
-    return _Answer(clean_answer("".join(pieces)), stream.completion_tokens, first or total, total)
+    return _Answer(clean_answer(answer.text), answer.tokens, answer.first_s, answer.total_s)
 
 
 def _pct(fraction: float) -> str:

@@ -34,34 +34,22 @@ def _emit(message: dict[str, Any]) -> None:
 
 class _Runner:
     def __init__(self, variant: Path, runtime: str, threads: int | None) -> None:
-        from agent.engine import Engine, SamplingParams
+        from agent.engine import Engine
 
         self.engine = Engine.load(variant, threads=threads)
         if self.engine.info.runtime != runtime:
             raise ValueError(f"{variant} is a variant for {self.engine.info.runtime}, not {runtime}")
-        self.params = SamplingParams
         self.context = self.engine.info.context_length
 
     def answer(self, prompt: str, max_new_tokens: int) -> tuple[str, int, float, float]:
-        from controller.pipeline import chat
+        from agent.engine.answer import NoRoom, greedy_answer
 
-        text = (self.engine.chat_prompt([{"role": "user", "content": prompt}])
-                if self.engine.info.chat_template is not None else chat.prompt_text(prompt))
-        room = self.context - len(self.engine.encode(text))
-        if room < 1:
+        try:
+            answer = greedy_answer(self.engine, prompt, max_new_tokens)
+        except NoRoom:
             raise ValueError(f"a prompt of the data set does not fit this model's context "
-                             f"({self.context} tokens): {prompt[:60]!r}")
-        params = self.params(max_tokens=min(max_new_tokens, room), temperature=0.0)
-        started = time.perf_counter()
-        first = 0.0
-        stream = self.engine.stream(text, params)
-        pieces = []
-        for piece in stream:
-            if not pieces:
-                first = time.perf_counter() - started
-            pieces.append(piece.text)
-        total = time.perf_counter() - started
-        return "".join(pieces), stream.completion_tokens, first or total, total
+                             f"({self.context} tokens): {prompt[:60]!r}") from None
+        return answer.text, answer.tokens, answer.first_s, answer.total_s
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,40 +1,15 @@
-"""The one prompt format of the models slmops builds, shared by training, teachers, evaluation
-and (later) the agent's runtime. Kept free of heavy imports so the agent can use it too.
+"""The prompt format of the models slmops builds: defined beside the agent's runtime
+(agent/chat_format.py), which the device's gate shares with the build."""
 
-A turn is ``<|user|>\\n{prompt}\\n<|assistant|>\\n{answer}<|end|>``. The tokenizer we train
-carries the same format as a Jinja ``chat_template``, so ``apply_chat_template`` (transformers,
-onnxruntime-genai) yields byte-for-byte what :func:`prompt_text` yields.
-"""
-
-from __future__ import annotations
-
-PAD, BOS, USER, ASSISTANT, END = "<|pad|>", "<|bos|>", "<|user|>", "<|assistant|>", "<|end|>"
-SPECIAL_TOKENS = (PAD, BOS, USER, ASSISTANT, END)
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}<|user|>\n{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}<|end|>"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+from agent.chat_format import (  # noqa: F401 - re-exported for the pipeline
+    ASSISTANT,
+    BOS,
+    CHAT_TEMPLATE,
+    END,
+    PAD,
+    SPECIAL_TOKENS,
+    USER,
+    clean_answer,
+    full_text,
+    prompt_text,
 )
-
-
-def prompt_text(prompt: str) -> str:
-    """What the model sees before it answers."""
-    return f"{USER}\n{prompt}\n{ASSISTANT}\n"
-
-
-def full_text(prompt: str, answer: str) -> str:
-    """A whole training example; the loss is taken on ``answer + END`` only."""
-    return prompt_text(prompt) + answer + END
-
-
-def clean_answer(generated: str) -> str:
-    """The answer in a generated continuation: up to the first END (or PAD), stripped."""
-    for stop in (END, PAD):
-        cut = generated.find(stop)
-        if cut >= 0:
-            generated = generated[:cut]
-    return generated.strip()

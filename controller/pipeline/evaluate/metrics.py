@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent.chat_format import normalize  # the agent's gate compares the same way
+
 _WORD = re.compile(r"\w+")
-
-
-def normalize(text: str) -> str:
-    """What exact match compares: NFKC, case-folded, runs of whitespace made one space, stripped.
-    Punctuation and digits are kept: "$12.50" and "$1250" are different answers."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def exact_match(pred: str, gold: str) -> bool:
