@@ -40,10 +40,17 @@ def controller() -> None:
               help="model downloads served at once; devices asking for more retry with jitter")
 @click.option("--manifest-ttl", default="7d", show_default=True,
               help="how long a signed manifest stays valid; a device refuses an expired one")
+@click.option("--rollout-max-in-flight", type=int, default=20, show_default=True,
+              help="devices that rollouts update at once, over all rollouts")
+@click.option("--rollout-waves-per-minute", type=float, default=10.0, show_default=True,
+              help="waves a rollout starts per minute, at most")
+@click.option("--rollout-tick", default="500ms", show_default=True,
+              help="how often the rollout engine moves running rollouts on")
 @json_option
 def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, retention: str,
           offline_after: str, max_jobs: int, profiles_file: Path | None, max_downloads: int,
-          manifest_ttl: str, as_json: bool) -> None:
+          manifest_ttl: str, rollout_max_in_flight: int, rollout_waves_per_minute: float,
+          rollout_tick: str, as_json: bool) -> None:
     """Start the controller in the foreground; SIGTERM or Ctrl-C stops it gracefully."""
     from controller.server import Controller
 
@@ -54,6 +61,9 @@ def start(data_dir: Path | None, listen: str, enroll_listen: str, db_url: str, r
             offline_after_ms=parse_duration(offline_after), max_concurrent_jobs=max_jobs,
             profiles_file=profiles_file, max_concurrent_downloads=max_downloads,
             manifest_ttl_s=parse_duration(manifest_ttl) // 1000,
+            rollout_tick_s=parse_duration(rollout_tick) / 1000,
+            rollout_max_in_flight=rollout_max_in_flight,
+            rollout_waves_per_minute=rollout_waves_per_minute,
         )
     except (SettingsError, ValueError) as e:
         raise CliError(str(e), "invalid_argument", 2) from None

@@ -10,6 +10,7 @@ from controller import __version__
 from controller.cli.build_cmd import build
 from controller.cli.bundle_cmd import bundle
 from controller.cli.controller_cmd import controller
+from controller.cli.demo_cmd import demo
 from controller.cli.devices_cmd import devices
 from controller.cli.eval_cmd import eval_
 from controller.cli.jobs_cmd import jobs
@@ -44,7 +45,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 
 for command in (controller, token, devices, telemetry, run, jobs, models, eval_, profiles, build,
-                bundle, rollout):
+                bundle, rollout, demo):
     cli.add_command(command)
 
 

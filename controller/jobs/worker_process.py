@@ -9,25 +9,11 @@ import os
 import signal
 from pathlib import Path
 
+from controller.child_launcher import with_parent_death
 from controller.jobs.files import JobFiles
 
 WORKER_MODULE = "controller.pipeline.worker"
 EXIT_OK, EXIT_CANCELLED = 0, 3
-
-# Sets PR_SET_PDEATHSIG (SIGKILL when the controller dies; Linux), then execs the worker. A
-# preexec_fn would do the same, but Python code between fork and exec in a process running
-# gRPC's threads can crash the child; this runs in a fresh interpreter instead. If the
-# controller died before prctl took effect, the parent is already someone else: give up.
-_LAUNCHER = """
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(75)
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-"""
 
 
 class WorkerProcess:
@@ -40,10 +26,10 @@ class WorkerProcess:
         """The worker for the job in ``files``; its stdout and stderr go to worker.log."""
         with Path(files.worker_log).open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                python, "-c", _LAUNCHER, str(os.getpid()), "-m", WORKER_MODULE,
-                "--recipe", str(files.recipe), "--work-dir", str(files.work),
-                "--events", str(files.events), "--inputs-json", str(files.inputs_json),
-                "--models-json", str(files.models_json),
+                *with_parent_death([python, "-m", WORKER_MODULE,
+                                    "--recipe", str(files.recipe), "--work-dir", str(files.work),
+                                    "--events", str(files.events), "--inputs-json", str(files.inputs_json),
+                                    "--models-json", str(files.models_json)]),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=files.root,
                 start_new_session=True)
         return cls(proc)

@@ -1,0 +1,1 @@
+"""`slmops demo`: the whole system on one machine, as real processes on loopback."""
