@@ -10,8 +10,6 @@ Linux it also gets SIGKILL if the benchmark process dies, so nothing outlives a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
 import re
@@ -29,6 +27,7 @@ import grpc
 from agent.identity import Identity
 from agent.link import CHANNEL_OPTIONS, channel_credentials
 from bench.controller_proc import BenchError
+from controller.child_launcher import with_parent_death
 from controller.client_config import ClientConfig
 from protos import admin_pb2, admin_pb2_grpc, delivery_pb2, delivery_pb2_grpc
 
@@ -37,12 +36,6 @@ MODEL_NAME = "deliver"
 POLL_S = 0.2
 SERVED_RE = re.compile(r"served blob ([0-9a-f]{64}) to (\S+): bytes (\d+)\.\.(\d+)")
 FETCH_RE = re.compile(r"fetching blob ([0-9a-f]{64}) \((\S+)\) from byte (\d+) of (\d+)")
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the benchmark process dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 class AgentProc:
@@ -69,9 +62,9 @@ class AgentProc:
                      "--name", self.name]
         with open(self.log_dir / f"{self.name}{suffix}.out", "wb") as out, open(self.err_path, "wb") as err:
             self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                with_parent_death(argv) if sys.platform == "linux" else argv,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     @property
     def running(self) -> bool:

@@ -13,7 +13,6 @@ in WAL mode, so reading them while their owner runs is safe.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -27,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from controller.child_launcher import with_parent_death
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent  # the venv's bin: not resolved, that would leave the venv
@@ -62,13 +63,6 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the test process dies, so nothing outlives a
-    killed pytest (Linux only; elsewhere the fixture's cleanup is all there is)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
 class Proc:
     """One child process, its output in ``LOG_DIR/NAME.out`` and ``LOG_DIR/NAME.err``."""
 
@@ -76,10 +70,12 @@ class Proc:
         self.name, self.argv = name, argv
         self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            # behind a launcher that gives it SIGKILL if pytest dies, so nothing outlives a
+            # killed run (Linux; elsewhere the fixture's cleanup is all there is)
             self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                with_parent_death(argv) if sys.platform == "linux" else argv,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                 start_new_session=True,  # a Ctrl-C in the terminal is for pytest, not for them
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     @property
