@@ -5,6 +5,7 @@ rollback of a finished rollout, and a controller restarted between waves."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,33 @@ def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_
     for name in NAMES:
         assert _v2_releases(fleet.ctl, name) == 1
         assert _device(fleet.ctl, name).deployment.active_model == "support:2"
+
+
+def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
+        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    """A device capped at 1 MB/s is still fetching support:2's 3 MB when the operator rolls the
+    rollout back: its update is dropped, and it never switches to support:2 later."""
+    slow = RunningAgent(fleet.ctl, fleet.root / "edge-slow", "edge-slow", serve_port=0,
+                        download_bytes_per_s=1e6)
+    fleet.agents.append(slow)
+    _wait_for(lambda: _device(fleet.ctl, "edge-slow").status == "online", "edge-slow online")
+    fleet.ctl.admin.UpdateDeviceLabels(admin_pb2.UpdateDeviceLabelsRequest(
+        id="edge-slow", set={"site": "lab"}), timeout=10)
+    first = _assign(fleet.ctl, "edge-slow", fleet.v1)
+    _phase(fleet.ctl, "edge-slow", first, "active")
+    padded = variants.copy_variant(tiny.int4, fleet.root / "padded")
+    (padded / "extra-weights.bin").write_bytes(os.urandom(3 * 2**20))
+    _register(fleet.ctl, fleet.root / "v2", "support", padded, fleet.profile, golden)
+    created = _create(fleet.ctl, waves="100%", bake_ms=60_000)
+    _wait_for(lambda: _device(fleet.ctl, "edge-slow").deployment.phase == "downloading",
+              "edge-slow to be downloading support:2")
+    back = fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id),
+                                           timeout=30).rollout
+    row = next(d for d in back.devices if d.device_name == "edge-slow")
+    assert back.state == "rolled_back"
+    assert row.status == "rolled_back" and "called off" in row.reason
+    time.sleep(5)  # longer than the rest of its download would have taken
+    deployment = _device(fleet.ctl, "edge-slow").deployment
+    assert (deployment.active_model, deployment.active_release) == ("support:1", first)
+    for name in NAMES:  # switched and rolled back, or called off like edge-slow: on support:1
+        assert _phase(fleet.ctl, name, fleet.first[name], "rolled_back", "active").active_model == "support:1"

@@ -153,6 +153,24 @@ class Releases:
         with self._lock:
             return self._save(again, device.id, now_ms)
 
+    def stay(self, device: DeviceRecord, now_ms: int) -> ReleaseRecord:
+        """Re-sign the release the device runs as its desired state: an update still under way
+        is called off (the device drops it and keeps serving), and one that finished meanwhile
+        is undone like any other change of release."""
+        self._check_active(device)
+        running = device.deployment.active_release
+        if not running:
+            raise ReleaseRefused(f"{_who(device)} runs no release yet, so there is none to keep it on")
+        current = self._store.get_release(running, device.id) or self._store.get_release(running, "")
+        if current is None:
+            raise ReleaseRefused(f"{_who(device)} reports release {running} as the one it runs, which "
+                                 "this controller never issued; assign a model instead")
+        manifest = Manifest.from_json(json.loads(current.manifest_json))  # our own, signed before
+        again = replace(manifest, rollback=False, rollback_from=0, issued_at_ms=now_ms,
+                        expires_at_ms=now_ms + self._ttl_ms)
+        with self._lock:
+            return self._save(again, device.id, now_ms)
+
     def _issue(self, variant: VariantRecord, profile: DeviceProfile, device_id: str,
                now_ms: int, rollout_id: str = "") -> ReleaseRecord:
         files = self._ingest(variant)

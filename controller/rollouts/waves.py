@@ -206,9 +206,9 @@ class WaveStepper:
             pushes.extend(self.roll_back(halted, SYSTEM, now))
 
     def roll_back(self, rollout: RolloutRecord, actor: str, now: int) -> list[str]:
-        """Every device this rollout switched goes back to its previous release; the rollout
-        ends rolled_back. Devices whose update failed never switched (the old model kept
-        serving) and are left as they are."""
+        """Every device this rollout switched goes back to its previous release, and one still
+        updating has its update called off; the rollout ends rolled_back. Devices whose update
+        failed never switched (the old model kept serving) and are left as they are."""
         current = self._store.update_rollout(rollout.id, ROLLBACK_FROM, state="rolled_back",
                                              updated_at_ms=now, finished_at_ms=rollout.finished_at_ms or now)
         if current is None:
@@ -223,8 +223,7 @@ class WaveStepper:
                 continue
             if device.deployment.active_release != d.release:
                 if d.status == "assigned":
-                    kept.append(f"{d.device_name}: still updating")
-                    self._set(d, now, reason="was still updating when the rollout was rolled back")
+                    self._call_off(d, device, now, pushes, back, kept)
                 else:
                     kept.append(f"{d.device_name}: now runs release {device.deployment.active_release}")
                 continue
@@ -243,6 +242,21 @@ class WaveStepper:
             detail += f"; not rolled back: {'; '.join(kept)}"
         self._store.update_rollout(rollout.id, [], event(rollout.id, actor, "rolled_back", detail, now))
         return pushes
+
+    def _call_off(self, d: RolloutDeviceRecord, device: Any, now: int, pushes: list[str],
+                  back: list[str], kept: list[str]) -> None:
+        """A device still updating when its rollout is rolled back: its desired state goes back to
+        the release it runs, so the update is dropped rather than finished later."""
+        try:
+            release = self._releases.stay(device, now)
+        except (ReleaseRefused, NotFound) as e:
+            kept.append(f"{d.device_name}: still updating ({e})")
+            self._set(d, now, reason=f"was still updating when the rollout was rolled back: {e}")
+            return
+        self._set(d, now, status="rolled_back",
+                  reason=f"its update was called off; it stays on release {release.release} ({release.ref})")
+        back.append(d.device_name)
+        pushes.append(d.device_id)
 
     def _state(self, rollout_id: str) -> str:
         found = self._store.get_rollout(rollout_id)
