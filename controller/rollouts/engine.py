@@ -13,14 +13,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from controller.delivery.releases import Releases
 from controller.hub import Hub
 from controller.registry import ModelRegistry
 from controller.rollouts.plan import RolloutSpec, plan
 from controller.rollouts.waves import Limits, WaveStepper, event
-from controller.services.fleet import load_desired_state
-from controller.store import Conflict, FleetStore, NotFound
+from controller.services.fleet import desired_state
+from controller.store import Conflict, DeviceRecord, FleetStore, NotFound
+from controller.store.base import ReleaseRecord
 from controller.store.rollouts import ACTIVE_STATES, RolloutRecord
 
 log = logging.getLogger(__name__)
@@ -77,11 +79,20 @@ class RolloutEngine:
             await self._push(pushes)
 
     async def _push(self, device_ids: list[str]) -> None:
-        for device_id in dict.fromkeys(device_ids):
-            session = self._hub.get(device_id)
-            device = await asyncio.to_thread(self._store.get_device, device_id)
-            if session is not None and device is not None:
-                session.send(await load_desired_state(self._store, device))
+        """The new desired state down the stream of each connected device, read from the store
+        in one worker thread for all of them (a rollback of 100 devices pushes 100 at once)."""
+        connected = [(d, s) for d in dict.fromkeys(device_ids) if (s := self._hub.get(d)) is not None]
+
+        def load() -> list[tuple[Any, DeviceRecord, ReleaseRecord | None]]:
+            out = []
+            for device_id, session in connected:
+                device = self._store.get_device(device_id)
+                if device is not None:
+                    out.append((session, device, self._store.desired_manifest(device_id)))
+            return out
+
+        for session, device, manifest in await asyncio.to_thread(load):
+            session.send(desired_state(device, manifest))
 
     # --- the operator's actions ----------------------------------------------------------------
 
