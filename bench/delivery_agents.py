@@ -209,11 +209,12 @@ def watch_releases(admin: Admin, releases: dict[str, int], t0: Clock, timeout_s:
 
 
 def register_version(data_dir: Path, root: Path, variant: Path, profile: str,
-                     golden: list[dict[str, str]]) -> tuple[str, int]:
-    """A new version of MODEL_NAME in the running controller's registry (its SQLite file), its
-    variant for ``profile`` a copy of ``variant``, passed; (ref, variant bytes). The registry
-    rewrites slmops-variant.json for each version, so versions built from the same directory
-    share every other file."""
+                     golden: list[dict[str, str]], *, name: str = MODEL_NAME,
+                     precision: str = "fp32") -> tuple[str, int]:
+    """A new version of ``name`` in the running controller's registry (its SQLite file), its
+    variant for ``profile`` a copy of ``variant``, passed, with ``golden`` as the gate's
+    prompts; (ref, variant bytes). The registry rewrites slmops-variant.json for each version,
+    so versions built from the same directory share every other file."""
     from controller.registry import ModelRegistry
     from controller.store import sqlite_url
 
@@ -222,9 +223,9 @@ def register_version(data_dir: Path, root: Path, variant: Path, profile: str,
     (model / "config.json").write_text("{}")
     registry = ModelRegistry(sqlite_url(data_dir / "fleet.db"), data_dir / "models")
     try:
-        (record,) = registry.register([{"name": MODEL_NAME, "kind": "base", "path": str(model)}])
+        (record,) = registry.register([{"name": name, "kind": "base", "path": str(model)}])
         (built,) = registry.add_variants(record.ref, [{
-            "profile": profile, "precision": "fp32", "provider": "cpu", "runtime": "onnxruntime-genai",
+            "profile": profile, "precision": precision, "provider": "cpu", "runtime": "onnxruntime-genai",
             "status": "passed", "reason": "", "path": str(variant),
             "metrics": {"golden": {"rows": golden, "correct": len(golden)}},
             "build": {"gates": {"max_accuracy_drop": 2.0, "min_tokens_per_s": 1.0,

@@ -58,7 +58,13 @@ if __package__ in (None, ""):  # run as a file: make the repo importable
 
 from bench.controller_proc import REPO, BenchError, vm_hwm_bytes  # noqa: E402 - after the sys.path fix
 from bench.delivery import say  # noqa: E402
-from bench.delivery_agents import Admin, Clock, variant_with_extra_file, watch_releases  # noqa: E402
+from bench.delivery_agents import (  # noqa: E402
+    Admin,
+    Clock,
+    register_version,
+    variant_with_extra_file,
+    watch_releases,
+)
 from bench.fleet_scale import machine  # noqa: E402
 from bench.rollout_fleet import FleetProc, agent_lines, log_time  # noqa: E402
 from protos import rollout_pb2  # noqa: E402
@@ -127,32 +133,6 @@ def padded(variant: Path, dest: Path, total_bytes: int) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     return dest
-
-
-def register(data_dir: Path, root: Path, variant: Path, profile: str, precision: str,
-             rows: list[dict[str, str]]) -> tuple[str, int]:
-    """A new version of MODEL in the running controller's registry (its SQLite file), its
-    variant for ``profile`` a copy of ``variant``, passed, with ``rows`` as the gate's golden
-    prompts; (ref, variant bytes). As bench/delivery_agents.register_version, with the model
-    name and precision given."""
-    from controller.registry import ModelRegistry
-    from controller.store import sqlite_url
-
-    model = root / "model-stub"  # the version's own files are not what is delivered
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text("{}")
-    registry = ModelRegistry(sqlite_url(data_dir / "fleet.db"), data_dir / "models")
-    try:
-        (record,) = registry.register([{"name": MODEL, "kind": "base", "path": str(model)}])
-        (built,) = registry.add_variants(record.ref, [{
-            "profile": profile, "precision": precision, "provider": "cpu",
-            "runtime": "onnxruntime-genai", "status": "passed", "reason": "", "path": str(variant),
-            "metrics": {"golden": {"rows": rows, "correct": len(rows)}},
-            "build": {"gates": {"max_accuracy_drop": 2.0, "min_tokens_per_s": 1.0,
-                                "max_memory_bytes": 8 * 2**30}}}])
-        return record.ref, built.size_bytes
-    finally:
-        registry.close()
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -382,7 +362,8 @@ class Bench:
         refs = {}
         for key, variant, precision, rows in (("v1", builds["fp32"], "fp32", g32), ("v2", v2, "int4", g4),
                                               ("v3", v3, "int4", g4)):
-            ref, size = register(data_dir, self.run_dir / key, variant, self.profile, precision, rows)
+            ref, size = register_version(data_dir, self.run_dir / key, variant, self.profile, rows,
+                                             name=MODEL, precision=precision)
             refs[key] = {"ref": ref, "bytes": size, "files": len(list(variant.iterdir()))}
         self.results["versions"] = refs
         say("registered " + ", ".join(f"{r['ref']} ({r['bytes'] / MB:.2f} MB)" for r in refs.values()))
