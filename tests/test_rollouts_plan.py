@@ -137,3 +137,21 @@ def test_the_cli_creates_lists_shows_and_pauses_a_rollout_with_json(ctl: Running
     code, error = run("create", "support:1", "--selector", "site=lab")
     assert code != 0 and error["error"]["code"] == "failed_precondition"
     assert created["id"] in error["error"]["message"]
+
+
+def test_the_waves_per_minute_cap_holds_across_a_controller_restart(ctl: RunningController, lab) -> None:  # type: ignore[no-untyped-def]
+    """A restarted controller's engine starts with no memory of its own; the last wave's start
+    comes from the audit trail, so the cap is not reset by a restart."""
+    from test_delivery_e2e import _wait_for
+
+    from controller.rollouts.waves import Limits, WaveStepper
+
+    rollout = _create(ctl)
+
+    def started() -> list[int]:
+        got = ctl.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=rollout.id), timeout=10).rollout
+        return [e.at_ms for e in got.events if e.action == "wave_started"]
+
+    _wait_for(lambda: bool(started()), "the canary wave to start")
+    fresh = WaveStepper(ctl.store, ctl.controller.releases, lambda _: True, Limits(waves_per_minute=1))
+    assert fresh._last_started(rollout.id) == started()[-1]

@@ -49,7 +49,7 @@ class WaveStepper:
         pushes: list[str] = []
         if rollout.state == "running" and not rollout.wave_started_ms:
             gap = 60_000 / self._limits.waves_per_minute
-            if now - self._last_wave_start.get(rollout.id, 0) < gap:
+            if now - self._last_started(rollout.id) < gap:
                 return pushes
             names = [d.device_name for d in self._store.rollout_devices(rollout.id)
                      if d.wave == rollout.current_wave]
@@ -70,6 +70,14 @@ class WaveStepper:
         self._start_wave(rollout, now, pushes)
         self._judge_wave(rollout, now, pushes)
         return pushes
+
+    def _last_started(self, rollout_id: str) -> int:
+        """When the rollout last started a wave; after a restart, from its audit trail, so the
+        waves-per-minute cap holds across one."""
+        if rollout_id not in self._last_wave_start:
+            started = [e.at_ms for e in self._store.rollout_events(rollout_id) if e.action == "wave_started"]
+            self._last_wave_start[rollout_id] = max(started, default=0)
+        return self._last_wave_start[rollout_id]
 
     def _set(self, d: RolloutDeviceRecord, now: int, **changes: Any) -> None:
         self._store.update_rollout_device(d.rollout_id, d.device_id, [d.status], updated_at_ms=now,
