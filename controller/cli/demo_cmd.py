@@ -79,7 +79,12 @@ def demo(data_dir: Path | None, recipe: Path | None, keep: bool, bake: str, as_j
     data_dir.mkdir(parents=True, exist_ok=True)
     options = DemoOptions(data_dir=data_dir, recipe=recipe, keep=keep, bake_s=bake_s)
     progress = Console(stderr=True) if as_json else console
-    result = Demo(options, progress, show=True).run()
+    try:
+        result = Demo(options, progress, show=True).run()
+    except KeyboardInterrupt:
+        left = (f"the controller and agents keep running (--keep; pids in {data_dir / 'demo.json'})"
+                if keep else "everything it started has stopped")
+        raise CliError(f"interrupted; {left}", "interrupted", 130) from None
     if as_json:
         click.echo(json.dumps(result_json(result), indent=2, default=str))
     else:
