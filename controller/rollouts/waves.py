@@ -205,21 +205,25 @@ class WaveStepper:
 
     def _halt(self, rollout: RolloutRecord, reason: str, results: list[dict[str, Any]], now: int,
               pushes: list[str]) -> None:
-        halted = self._store.update_rollout(
+        log.warning("rollout %s halted: %s", rollout.id, reason)
+        if rollout.auto_rollback:  # the state goes straight to rolled_back once the devices are
+            halted = self._store.update_rollout(  # on their way back: never "halted" meanwhile
+                rollout.id, ["running"], event(rollout.id, SYSTEM, "halted", reason, now),
+                reason=reason, gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
+            if halted is not None:
+                pushes.extend(self.roll_back(halted, SYSTEM, now))
+            return
+        self._store.update_rollout(
             rollout.id, ["running"], event(rollout.id, SYSTEM, "halted", reason, now),
             state="halted", reason=reason, gate_results=tuple(results), finished_at_ms=now,
             updated_at_ms=now)
-        log.warning("rollout %s halted: %s", rollout.id, reason)
-        if halted is not None and halted.auto_rollback:
-            pushes.extend(self.roll_back(halted, SYSTEM, now))
 
     def roll_back(self, rollout: RolloutRecord, actor: str, now: int) -> list[str]:
         """Every device this rollout switched goes back to its previous release, and one still
         updating has its update called off; the rollout ends rolled_back. Devices whose update
         failed never switched (the old model kept serving) and are left as they are."""
-        current = self._store.update_rollout(rollout.id, ROLLBACK_FROM, state="rolled_back",
-                                             updated_at_ms=now, finished_at_ms=rollout.finished_at_ms or now)
-        if current is None:
+        current = self._store.get_rollout(rollout.id)
+        if current is None or current.state not in ROLLBACK_FROM:
             raise Conflict(f"rollout {rollout.id} is {self._state(rollout.id)}; it can't be rolled "
                            "back (again)")
         pushes, back, kept = [], [], []
@@ -248,7 +252,12 @@ class WaveStepper:
         detail = f"{len(back)} device(s) back to their previous model: {', '.join(back) or '-'}"
         if kept:
             detail += f"; not rolled back: {'; '.join(kept)}"
-        self._store.update_rollout(rollout.id, [], event(rollout.id, actor, "rolled_back", detail, now))
+        # the final state and its event together, once every device is on its way back: a reader
+        # never sees a finished rollout whose devices were not yet sent back
+        self._store.update_rollout(rollout.id, ROLLBACK_FROM,
+                                   event(rollout.id, actor, "rolled_back", detail, now),
+                                   state="rolled_back", updated_at_ms=now,
+                                   finished_at_ms=current.finished_at_ms or now)
         return pushes
 
     def _call_off(self, d: RolloutDeviceRecord, device: Any, now: int, pushes: list[str],
