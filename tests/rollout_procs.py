@@ -13,17 +13,16 @@ endpoints until stopped, so the telemetry's serving latency is what the tests ma
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from procs import Agent, Controller, ProcessHarness
+from procs import Agent, Controller, ProcessHarness, _read_only
 from test_delivery_processes import _register
 
 from controller.cli.client import AdminClient
@@ -100,15 +99,6 @@ class Hammer:
         self._stop.set()
         for thread in self._threads:
             thread.join(15)
-
-
-@contextlib.contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 @dataclass
