@@ -275,6 +275,7 @@ class Demo:
         finally:
             if live is not None:
                 live.stop()
+                self.console.line()
         return r
 
     def ask(self, stage: Stage) -> None:
