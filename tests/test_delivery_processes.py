@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import variants
-from procs import Agent, ProcessHarness
+from procs import Agent, ProcessHarness, wait_until
 
 from controller.registry import ModelRegistry
 from controller.store import sqlite_url
@@ -105,7 +105,11 @@ def _deployment_profile(procs: ProcessHarness) -> str | None:
 
 
 def _ask(agent: Agent) -> int:
-    url = json.loads((agent.data_dir / "serving.json").read_text())["url"]
+    """One chat completion through the agent's endpoint. A restarted agent may report its
+    release active a moment before its HTTP server is up (serving.json is written then)."""
+    serving = agent.data_dir / "serving.json"
+    wait_until(serving.is_file, 30, f"{serving} (the agent serving)")
+    url = json.loads(serving.read_text())["url"]
     body = json.dumps({"model": "support", "max_tokens": 4,
                        "messages": [{"role": "user", "content": "Are you open on Sunday?"}]}).encode()
     request = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
