@@ -55,7 +55,7 @@ def _fresh(data_dir: Path) -> None:
                    "(default ~/.local/share/slmops/demo; an earlier demo there is replaced)")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None,
               help="the recipe to run (default: recipes/support-demo.yaml; "
-                   "recipes/support-tiny.yaml is a toy that runs in about a minute)")
+                   "recipes/support-tiny.yaml is a toy: the same flow in two to three minutes)")
 @click.option("--keep", is_flag=True, help="leave the controller and agents running at the end")
 @click.option("--bake", default="10s", show_default=True, help="how long each rollout wave bakes")
 @json_option
