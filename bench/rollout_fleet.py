@@ -47,16 +47,6 @@ def emit(event: str, **data: object) -> None:
     sys.stdout.flush()
 
 
-def parse_labels(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--label: {pair!r} is not KEY=VALUE")
-        out[key] = value
-    return out
-
-
 async def _one(settings, stagger_s: float) -> None:  # type: ignore[no-untyped-def]
     from agent.daemon import Agent
 
@@ -74,9 +64,10 @@ async def _one(settings, stagger_s: float) -> None:  # type: ignore[no-untyped-d
 async def run(args: argparse.Namespace) -> None:
     from agent.daemon import AgentSettings
     from agent.link import LinkSettings
+    from controller.cli.token_cmd import parse_labels
 
     names = [n for n in args.names.split(",") if n]
-    labels = parse_labels(args.label)
+    labels = parse_labels(tuple(args.label), "--label")
     link = LinkSettings(heartbeat_interval_s=args.heartbeat_interval, min_backoff_s=0.2,
                         max_backoff_s=args.max_backoff)
     tasks = []

@@ -165,12 +165,10 @@ class Fleet:
             raise AssertionError(f"{e}\nlast rollout status: {brief}\ndevices: {devices}") from None
 
     def until_final(self, rollout_id: str, timeout: float = SETTLE_S) -> dict[str, Any]:
-        """Its status once it has ended. A rollback is over at its "rolled_back" event, not at
-        the state: the engine sets the state first and rolls the devices back after it
-        (waves.py roll_back), so a status read in between shows them still active."""
-        return self.until(rollout_id, lambda r: r["state"] in FINAL and (
-            r["state"] != "rolled_back" or "rolled_back" in actions(r)),
-            f"rollout {rollout_id} to end ({'/'.join(FINAL)})", timeout)
+        """Its status once it has ended (a rollback's final state is written with its event,
+        once every device is on its way back: waves.py roll_back)."""
+        return self.until(rollout_id, lambda r: r["state"] in FINAL,
+                          f"rollout {rollout_id} to end ({'/'.join(FINAL)})", timeout)
 
     def deployment(self, name: str) -> dict[str, Any]:
         """The device's deployment as its own last report left it (`slmops devices show`)."""

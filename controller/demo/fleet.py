@@ -109,15 +109,14 @@ class DemoFleet:
             time.sleep(0.05)
         raise FleetError(f"the controller did not start (exit {child.proc.poll()}):\n{child.logs()}")
 
-    def start_agent(self, name: str, token: str, labels: dict[str, str], *flags: str) -> Child:
+    def start_agent(self, name: str, token: str, *flags: str) -> Child:
+        """Enroll with ``token`` (its labels become the device's) and serve on free ports."""
         data_dir = self.root / "agents" / name
-        argv = [executable("slmops-agent"), "run", "--controller", self.controller["listen"],
-                "--enroll-address", self.controller["enroll"], "--token", token,
-                "--data-dir", str(data_dir), "--name", name, "--serve", "127.0.0.1:0",
-                "--grpc-listen", "127.0.0.1:0", *flags]
-        for key, value in labels.items():
-            argv += ["--label", f"{key}={value}"]
-        return self._spawn(name, argv, data_dir)
+        return self._spawn(name, [
+            executable("slmops-agent"), "run", "--controller", self.controller["listen"],
+            "--enroll-address", self.controller["enroll"], "--token", token,
+            "--data-dir", str(data_dir), "--name", name, "--serve", "127.0.0.1:0",
+            "--grpc-listen", "127.0.0.1:0", *flags], data_dir)
 
     def check_running(self) -> None:
         for child in self.children:
@@ -137,9 +136,8 @@ class DemoFleet:
     def stop(self) -> None:
         """SIGTERM every child (agents first, then the controller), SIGKILL what is left after
         the grace period."""
-        order = [c for c in self.children if c.name != "controller"] + \
-            [c for c in self.children if c.name == "controller"]
-        for group in (order[:-1], order[-1:]) if order else ():
+        agents = [c for c in self.children if c.name != "controller"]
+        for group in (agents, [c for c in self.children if c.name == "controller"]):
             for child in group:
                 if child.proc.poll() is None:
                     with contextlib.suppress(OSError):

@@ -93,9 +93,6 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, fleet: Dem
 
 
 class Demo:
-    STAGES = ("start a controller", "start three agents", "run the demo recipe",
-              "build the student for each profile", "roll it out, canary first",
-              "ask each device", "benchmark each device", "read the telemetry")
 
     def __init__(self, options: DemoOptions, console: Console, show: bool) -> None:
         self.o, self.console, self.show = options, console, show
@@ -106,9 +103,9 @@ class Demo:
     # --- the frame ------------------------------------------------------------------------------
 
     @contextmanager
-    def stage(self, index: int) -> Iterator[Stage]:
-        stage = Stage(index + 1, self.STAGES[index])
-        self.console.rule(f"[bold]{stage.number}/{len(self.STAGES)}[/bold] {stage.title}", align="left")
+    def stage(self, number: int, title: str, total: int) -> Iterator[Stage]:
+        stage = Stage(number, title)
+        self.console.rule(f"[bold]{number}/{total}[/bold] {title}", align="left")
         t0 = time.monotonic()
         yield stage
         stage.seconds = time.monotonic() - t0
@@ -119,10 +116,16 @@ class Demo:
     def run(self) -> DemoResult:
         t0 = time.monotonic()
         try:
-            steps = (self.start_controller, self.start_agents, self.run_recipe, self.build,
-                     self.roll_out, self.ask, self.benchmark, self.read_telemetry)
-            for index, step in enumerate(steps):
-                with self.stage(index) as stage:
+            steps = (("start a controller", self.start_controller),
+                     ("start three agents", self.start_agents),
+                     ("run the demo recipe", self.run_recipe),
+                     ("build the student for each profile", self.build),
+                     ("roll it out, canary first", self.roll_out),
+                     ("ask each device", self.ask),
+                     ("benchmark each device", self.benchmark),
+                     ("read the telemetry", self.read_telemetry))
+            for number, (title, step) in enumerate(steps, 1):
+                with self.stage(number, title, len(steps)) as stage:
                     step(stage)
             self.result.fleet = self._devices()
         except FleetError as e:
@@ -159,7 +162,7 @@ class Demo:
         token = self.api.call(self.api.stub.CreateToken, admin_pb2.CreateTokenRequest(
             labels=LABELS, ttl_ms=3_600_000, max_uses=len(AGENTS))).secret_token
         for name, _, _ in AGENTS:
-            self.fleet.start_agent(name, token, {}, "--telemetry-interval", "2",
+            self.fleet.start_agent(name, token, "--telemetry-interval", "2",
                                    "--heartbeat-interval", "2", "--max-backoff", "2")
 
         def online() -> bool:

@@ -9,13 +9,9 @@ from typing import Any
 
 from controller.cli import bench_view
 from controller.cli.devices_cmd import _rows as device_rows
-from controller.cli.models_cmd import human_bytes, human_count, pct, variants_table
+from controller.cli.models_cmd import _compare_table, _fmt, human_bytes, variants_table
 from controller.cli.output import console, table
 from controller.demo.flow import DemoResult
-
-
-def _fmt(x: Any, spec: str, suffix: str = "") -> str:
-    return "-" if not isinstance(x, int | float) else f"{x:{spec}}{suffix}"
 
 
 def as_json(result: DemoResult) -> dict[str, Any]:
@@ -46,15 +42,10 @@ def print_report(result: DemoResult) -> None:
     table(f"fleet ({len(result.fleet)} devices)",
            ["id", "name", "status", "labels", "profile", "model", "hardware", "last seen"],
            device_rows(result.fleet))
-    table(f"teacher against distilled student (baseline {result.models.get('teacher')}, "
-           "measured by the recipe on held-out data)",
-           ["model", "kind", "params", "params %", "peak memory", "p50 ms", "p95 ms", "tokens/s",
-            "exact match", "retention", "speed-up"],
-           [[r["model"], r["kind"], human_count(r["params"]), _fmt(r["params_pct"], ".1f", "%"),
-             human_bytes(r["peak_memory_bytes"]), _fmt(r["latency_p50_ms"], ".1f"),
-             _fmt(r["latency_p95_ms"], ".1f"), _fmt(r["tokens_per_s"], ".0f"), pct(r["exact_match"]),
-             _fmt(r["retention_pct"], ".1f", "%"), _fmt(r["speedup"], ".2f", "x")]
-            for r in result.comparison])
+    console.print("teacher against distilled student, as the recipe measured them on held-out data "
+                  "(`slmops models compare`):", highlight=False)
+    _compare_table({"baseline": result.models.get("teacher"), "metrics": "registered",
+                    "models": result.comparison})
     variants_table(result.models.get("student", ""), result.variants)
     for name, answers in result.answers.items():
         table(f"{name}: questions through its OpenAI endpoint",

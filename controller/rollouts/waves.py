@@ -206,17 +206,14 @@ class WaveStepper:
     def _halt(self, rollout: RolloutRecord, reason: str, results: list[dict[str, Any]], now: int,
               pushes: list[str]) -> None:
         log.warning("rollout %s halted: %s", rollout.id, reason)
-        if rollout.auto_rollback:  # the state goes straight to rolled_back once the devices are
-            halted = self._store.update_rollout(  # on their way back: never "halted" meanwhile
-                rollout.id, ["running"], event(rollout.id, SYSTEM, "halted", reason, now),
-                reason=reason, gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
-            if halted is not None:
-                pushes.extend(self.roll_back(halted, SYSTEM, now))
-            return
-        self._store.update_rollout(
+        # with auto-rollback the state goes straight to rolled_back once the devices are on their
+        # way back, never "halted" meanwhile
+        halted = self._store.update_rollout(
             rollout.id, ["running"], event(rollout.id, SYSTEM, "halted", reason, now),
-            state="halted", reason=reason, gate_results=tuple(results), finished_at_ms=now,
-            updated_at_ms=now)
+            **({} if rollout.auto_rollback else {"state": "halted"}), reason=reason,
+            gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
+        if halted is not None and rollout.auto_rollback:
+            pushes.extend(self.roll_back(halted, SYSTEM, now))
 
     def roll_back(self, rollout: RolloutRecord, actor: str, now: int) -> list[str]:
         """Every device this rollout switched goes back to its previous release, and one still
@@ -233,20 +230,22 @@ class WaveStepper:
             device = self._store.get_device(d.device_id)
             if device is None or device.removed_at_ms:
                 continue
-            if device.deployment.active_release != d.release:
-                if d.status == "assigned":
-                    self._call_off(d, device, now, pushes, back, kept)
-                else:
-                    kept.append(f"{d.device_name}: now runs release {device.deployment.active_release}")
+            switched = device.deployment.active_release == d.release
+            if not switched and d.status != "assigned":
+                kept.append(f"{d.device_name}: now runs release {device.deployment.active_release}")
                 continue
+            # switched: back to its previous release; still updating: the update is called off
+            # (its desired state goes back to the release it runs, so it is not finished later)
             try:
-                release = self._releases.rollback(device, now)
+                release = (self._releases.rollback if switched else self._releases.stay)(device, now)
             except (ReleaseRefused, NotFound) as e:
-                kept.append(f"{d.device_name}: {e}")
-                self._set(d, now, reason=f"not rolled back: {e}")
+                kept.append(f"{d.device_name}: {e}" if switched else f"{d.device_name}: still updating ({e})")
+                self._set(d, now, reason=f"not rolled back: {e}" if switched else
+                          f"was still updating when the rollout was rolled back: {e}")
                 continue
             self._set(d, now, status="rolled_back",
-                      reason=f"back to release {release.release} ({release.ref})")
+                      reason=f"back to release {release.release} ({release.ref})" if switched else
+                      f"its update was called off; it stays on release {release.release} ({release.ref})")
             back.append(d.device_name)
             pushes.append(d.device_id)
         detail = f"{len(back)} device(s) back to their previous model: {', '.join(back) or '-'}"
@@ -259,21 +258,6 @@ class WaveStepper:
                                    state="rolled_back", updated_at_ms=now,
                                    finished_at_ms=current.finished_at_ms or now)
         return pushes
-
-    def _call_off(self, d: RolloutDeviceRecord, device: Any, now: int, pushes: list[str],
-                  back: list[str], kept: list[str]) -> None:
-        """A device still updating when its rollout is rolled back: its desired state goes back to
-        the release it runs, so the update is dropped rather than finished later."""
-        try:
-            release = self._releases.stay(device, now)
-        except (ReleaseRefused, NotFound) as e:
-            kept.append(f"{d.device_name}: still updating ({e})")
-            self._set(d, now, reason=f"was still updating when the rollout was rolled back: {e}")
-            return
-        self._set(d, now, status="rolled_back",
-                  reason=f"its update was called off; it stays on release {release.release} ({release.ref})")
-        back.append(d.device_name)
-        pushes.append(d.device_id)
 
     def _state(self, rollout_id: str) -> str:
         found = self._store.get_rollout(rollout_id)
