@@ -48,7 +48,7 @@ def test_builtin_profiles_cover_the_issue_s_hardware_with_their_build_and_gates(
     avx512 = profiles.get("cpu-x86-avx512-int4")
     assert (avx512.match.arch, avx512.match.isa_flags) == (("x86_64", "amd64"), ("avx512_vnni",))
     assert (avx512.build.precision, avx512.build.provider, avx512.build.block_size,
-            avx512.build.accuracy_level) == ("int4", "cpu", 64, 4)
+            avx512.build.accuracy_level) == ("int4", "cpu", 128, 4)
     drops = {p.name: p.gates.max_accuracy_drop for p in profiles}
     assert drops == {"cuda-fp16": 0.5, "cuda-int4": 2.0, "cpu-x86-avx512-int4": 2.0, "cpu-x86-avx2-int8": 1.0,
                      "cpu-arm64-int8": 1.0, "cpu-fp32": 0.5}

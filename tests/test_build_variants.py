@@ -106,7 +106,7 @@ def test_each_variant_dir_carries_its_metadata(built: Built) -> None:
     assert (meta["model"], meta["profile"], meta["precision"], meta["runtime"]) == (
         "tiny-support:1", "cpu-x86-avx512-int4", "int4", "onnxruntime-genai")
     assert meta["build"]["tool"].startswith("onnxruntime-genai ")
-    assert meta["build"]["options"]["int4_block_size"] == "64"
+    assert meta["build"]["options"]["int4_block_size"] == "128"
     assert meta["build"]["options"]["int4_accuracy_level"] == "4"
     assert meta["gate"]["status"] == "passed" and meta["metrics"]["n"] == ROWS
     int8 = read_meta(built.registry.variant_path(built.stored["cpu-x86-avx2-int8"]))
@@ -287,7 +287,7 @@ def test_profiles_list_asks_the_controller(env: tuple[Path, Path]) -> None:
     assert code == 0, out
     found = json.loads(out)["profiles"]
     assert [p["name"] for p in found] == builtin_profiles().names
-    assert found[2]["build"] == {"precision": "int4", "provider": "cpu", "block_size": 64,
+    assert found[2]["build"] == {"precision": "int4", "provider": "cpu", "block_size": 128,
                                  "accuracy_level": 4, "int8_scheme": ""}
 
 
