@@ -74,24 +74,30 @@ class Bridge:
     async def batches(self) -> AsyncIterator[list[Piece]]:
         """The pieces in order, grouped: each batch is what arrived while the last one was being
         written (and for COALESCE_S after it), so a slow reader gets fewer, larger chunks
-        instead of falling behind."""
+        instead of falling behind. While a batch is written and the next one gathers, pieces
+        don't wake the loop: it looks for them when the pause ends."""
         while True:
             await self._ready.wait()
             self._ready.clear()
-            with self._lock:
-                items = list(self._pending)
-                self._pending.clear()
-                self._wake_scheduled = False  # the next piece may wake the loop again
-            batch = [item for item in items if not isinstance(item, _Done)]
-            if self._streaming:
-                for _ in batch:
-                    self._window.release()
-            done = next((item for item in items if isinstance(item, _Done)), None)
-            if batch:
-                yield batch
-            if done is not None:
-                if done.error is not None:
-                    raise done.error
-                return
-            if batch:
+            while items := self._take():
+                batch = [item for item in items if not isinstance(item, _Done)]
+                if self._streaming:
+                    for _ in batch:
+                        self._window.release()
+                done = next((item for item in items if isinstance(item, _Done)), None)
+                if batch:
+                    yield batch
+                if done is not None:
+                    if done.error is not None:
+                        raise done.error
+                    return
                 await asyncio.sleep(COALESCE_S)
+
+    def _take(self) -> list[Piece | _Done]:
+        """What is pending; when nothing is, the next piece wakes the loop again."""
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            if not items:
+                self._wake_scheduled = False
+            return items
