@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -18,14 +19,17 @@ class _Done:
 
 
 # Pieces a worker may generate beyond what the request's task has taken; a window of 8 cost 15 %
-# of int4 tokens/s on the 80 M model.
+# of int4 tokens/s on the 80 M model. Half a window pending ends a COALESCE_S pause early, so a
+# fast generation does not wait for room.
 AHEAD = 64
-# After a chunk is written, the next waits this long for more pieces to join it. On 2 cores every
-# wake-up of the event loop's thread can preempt one of onnxruntime's spinning threads, which
-# stalls the op both are in: a chunk per token cost 15-20 % of int4 tokens/s. 15 ms is under one
-# frame of a 60 Hz screen, invisible to a reader; the first piece goes out at once, so time to
-# first token is unchanged.
-COALESCE_S = 0.015
+# After a chunk is written, the next waits this long for more pieces to join it (the first piece
+# and the end of the answer go out at once). On 2 cores every chunk wakes the server's event
+# loop and the client, and each wake-up can preempt one of onnxruntime's two spinning threads,
+# which stalls the op both are in: a chunk per token cost 15-20 % of int4 tokens/s, a chunk every
+# 15 ms about 7 % of a 128-token answer with the official client, every 50 ms about 4 %
+# (docs/benchmarks.md). 50 ms only groups tokens that come faster than 20 a second, faster than
+# anyone reads.
+COALESCE_S = 0.05
 
 
 class Bridge:
@@ -56,12 +60,16 @@ class Bridge:
         self._push(piece, wake=self._streaming)
 
     def done(self, error: BaseException | None) -> None:  # worker thread
-        self._push(_Done(error), wake=True)
+        self._push(_Done(error), wake=True, always=True)
 
-    def _push(self, item: Piece | _Done, *, wake: bool) -> None:
+    def _push(self, item: Piece | _Done, *, wake: bool, always: bool = False) -> None:
+        """``always``: wake the loop even in a pause between chunks, which then ends early (the
+        end of the answer goes out at once, not up to COALESCE_S later); so does half a window
+        of pieces."""
         with self._lock:
             self._pending.append(item)
-            if not wake or self._wake_scheduled:
+            always = always or (wake and len(self._pending) == AHEAD // 2)
+            if not always and (not wake or self._wake_scheduled):
                 return
             self._wake_scheduled = True
         self._loop.call_soon_threadsafe(self._ready.set)
@@ -75,10 +83,9 @@ class Bridge:
         """The pieces in order, grouped: each batch is what arrived while the last one was being
         written (and for COALESCE_S after it), so a slow reader gets fewer, larger chunks
         instead of falling behind. While a batch is written and the next one gathers, pieces
-        don't wake the loop: it looks for them when the pause ends."""
+        don't wake the loop: it looks for them when the pause ends, or when the generation does."""
         while True:
             await self._ready.wait()
-            self._ready.clear()
             while items := self._take():
                 batch = [item for item in items if not isinstance(item, _Done)]
                 if self._streaming:
@@ -91,10 +98,13 @@ class Bridge:
                     if done.error is not None:
                         raise done.error
                     return
-                await asyncio.sleep(COALESCE_S)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(COALESCE_S):
+                        await self._ready.wait()
 
     def _take(self) -> list[Piece | _Done]:
         """What is pending; when nothing is, the next piece wakes the loop again."""
+        self._ready.clear()  # what woke the loop is in what is taken now
         with self._lock:
             items = list(self._pending)
             self._pending.clear()
