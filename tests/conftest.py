@@ -38,3 +38,16 @@ def ctl(tmp_path: Path) -> Iterator[RunningController]:
     yield running
     running.stop()
 # --- end ctl -----------------------------------------------------------------------------------
+
+
+# --- tiny: the session's tiny model and its variants (tests/variants.py) ---------------------
+if TYPE_CHECKING:
+    import variants
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
+    from variants import tiny_variants
+
+    return tiny_variants(tmp_path_factory)
+# --- end tiny ----------------------------------------------------------------------------------

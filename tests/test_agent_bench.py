@@ -31,11 +31,6 @@ from agent.telemetry.inference import InferenceSampler, histogram_quantile
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 @pytest.fixture
 def labelled(tiny: variants.TinyVariants, tmp_path: Path) -> Path:
     """A variant with the slmops-variant.json that `slmops build` writes beside the files."""

@@ -29,11 +29,6 @@ from agent.engine.stops import StopMatcher
 from agent.engine.variant import graph_precision
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def engine(tiny: variants.TinyVariants):
     loaded = Engine.load(tiny.fp32)

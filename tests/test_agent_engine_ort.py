@@ -29,11 +29,6 @@ from agent.engine.variant import RUNTIME_ORT, graph_precision, scan_graph
 MAX_NEW_TOKENS = 40
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 @dataclass(frozen=True)
 class Fallbacks:
     llama: Path  # the tiny Llama, optimum-onnx export, fp32

@@ -29,11 +29,6 @@ from agent.serve import RunningServer, start_server
 MODEL = "support"
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 class ServerThread:
     """start_server in an event loop of its own thread, so tests can call it synchronously."""
 

@@ -21,11 +21,6 @@ from controller.build.variants import build_and_check
 PROFILES = ("cpu-fp32", "cpu-x86-avx2-int8")
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 def _adapter(base: Path, out: Path, seed: int, targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
              ) -> Path:
     """A LoRA adapter of ``base`` with random, non-zero weights (so it changes the answers)."""

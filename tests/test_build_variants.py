@@ -41,11 +41,6 @@ METRICS = ("n", "exact_match", "per_intent", "reference_exact_match", "exact_mat
            "size_bytes", "tokens_per_s", "peak_memory_bytes", "latency_ms", "data")
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 @dataclass
 class Built:
     registry: ModelRegistry

@@ -33,11 +33,6 @@ DEPLOYMENT_KEYS = {"desired_model", "desired_release", "desired_variant", "activ
                    "updated_at_ms", "phase_text"}
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 def _cli(ctl: RunningController, *args: str) -> Result:

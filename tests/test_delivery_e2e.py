@@ -29,11 +29,6 @@ N_GOLDEN = 8
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
 def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
     """Held-out prompts with the int4 variant's own greedy answers, judged as the gate judges."""
     return variants.golden_rows(tiny.int4, tiny.test_rows, N_GOLDEN)

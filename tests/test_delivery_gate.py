@@ -23,11 +23,6 @@ ROOT = Path(__file__).parent.parent
 N_GOLDEN = 20
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def engine(tiny: variants.TinyVariants):
     loaded = Engine.load(tiny.fp32)

@@ -31,11 +31,6 @@ AGENT_FLAGS = ("--serve", "127.0.0.1:0", "--grpc-listen", "", "--max-download-ra
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
 def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
     """Held-out prompts with the int4 variant's own greedy answers, judged as the gate judges."""
     return variants.golden_rows(tiny.int4, tiny.test_rows, 4)

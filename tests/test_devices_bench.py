@@ -22,11 +22,6 @@ from protos import admin_pb2, fleet_pb2
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
 def labelled(tiny: variants.TinyVariants, tmp_path_factory: pytest.TempPathFactory) -> Path:
     variant = variants.copy_variant(tiny.fp32, tmp_path_factory.mktemp("labelled") / "v")
     (variant / "slmops-variant.json").write_text(json.dumps(

@@ -26,11 +26,6 @@ Msg = inference_pb2.ChatMessage
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
 def rambling(tiny: variants.TinyVariants, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny model: its greedy answers run to the end of the context (no <|end|>),
     long enough to be cut off mid-answer."""

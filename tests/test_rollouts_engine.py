@@ -23,11 +23,6 @@ FAST = {"rollout_tick_s": 0.1, "rollout_waves_per_minute": 6000.0}
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
 def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
     return variants.golden_rows(tiny.int4, tiny.test_rows, 6)
 

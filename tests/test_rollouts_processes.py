@@ -47,11 +47,6 @@ MAX_P95_MS = 500.0  # the tiny model's gate answers take ~25 ms; a hammered serv
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
-    return variants.tiny_variants(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
 def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
     """Held-out prompts with the int4 variant's own greedy answers: a gate the variant passes."""
     return variants.golden_rows(tiny.int4, tiny.test_rows, 4)
