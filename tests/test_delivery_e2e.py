@@ -176,6 +176,38 @@ def test_rollback_returns_to_the_previous_release_without_a_download(
     assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{first}"
 
 
+def test_a_called_off_update_that_finished_meanwhile_is_undone(
+        ctl: RunningController, live, tiny, golden, tmp_path: Path) -> None:
+    """A rollout calls off an update the controller last saw downloading; the device finished
+    it meanwhile. The call-off still reaches the device: it goes back to the release it ran
+    instead of refusing an older release as a rollback attack. Sent to a device that never
+    switched, the same call-off leaves it where it is."""
+    agent, profile, first = live
+    updater = agent.agent.updater
+    seen_downloading = ctl.controller.store.get_device(_device(ctl, "edge-1").id)
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, golden)
+    second = _assign(ctl, "edge-1", ref)
+    _phase(ctl, "edge-1", second, "active")
+
+    call_off = ctl.controller.releases.stay(seen_downloading, int(time.time() * 1000),
+                                            calling_off=second)
+    assert call_off.release == first
+    signed = delivery_pb2.SignedManifest(manifest_json=call_off.manifest_json,
+                                         signature=call_off.signature)
+    agent.call(lambda: updater.on_desired(profile, signed))
+    _wait_for(lambda: updater.slots.active().release == first and updater.last is not None
+              and updater.last.phase == "rolled_back", "edge-1 back on its first release", 30)
+    assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{first}"
+
+    again = ctl.controller.releases.stay(seen_downloading, int(time.time() * 1000) + 1,
+                                         calling_off=second)  # now it runs that release: it stays
+    signed = delivery_pb2.SignedManifest(manifest_json=again.manifest_json, signature=again.signature)
+    agent.call(lambda: updater.on_desired(profile, signed))
+    _wait_for(lambda: updater.last is not None and updater.last.phase == "active", "a stay", 30)
+    assert updater.slots.active().release == first
+    assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
+
+
 def test_a_byte_flipped_on_the_controller_is_caught_and_nothing_is_staged(
         ctl: RunningController, agents, tiny, golden, tmp_path: Path) -> None:
     agent = agents("edge-1")

@@ -7,7 +7,9 @@ exactly those bytes with its ed25519 key; the agent pinned the public half at en
 - ``release``: the controller's release counter, increasing with every manifest it issues for
   a new assignment. A device never goes to a release lower than the one it runs, unless the
   manifest is a signed rollback instruction: ``rollback`` true and ``rollback_from`` equal to
-  the release the device runs now.
+  the release the device runs now. A rollback instruction whose ``release`` is the one the
+  device runs (``rollback_from`` being an update it never switched to) calls that update off:
+  the device stays where it is.
 - ``model``, ``version``: the registered model version; ``profile``, ``precision``,
   ``runtime``: the variant's; ``variant``: the variant's sha256 (over its file list).
 - ``requires``: the hardware the profile is for: ``arch`` (any of), ``isa_flags`` (all of),

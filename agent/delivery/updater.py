@@ -178,8 +178,11 @@ class Updater:
         except ManifestRefused as e:
             return self._refuse(target.manifest_json, target.signature, target.release, str(e))
         active = self.slots.active()
-        if active is not None and active.release == manifest.release and not manifest.rollback:
-            return self._settle(target, "active")  # already live (e.g. killed after the switch)
+        if active is not None and active.release == manifest.release and (
+                not manifest.rollback or manifest.rollback_from != active.release):
+            # already live (e.g. killed after the switch), or an update called off before it
+            # switched: the instruction to go back from that update finds the device still here
+            return self._settle(target, "active")
         try:
             check_acceptable(manifest, profile=target.profile or self._profile,
                              hardware_arch=self._hardware.arch, isa_flags=list(self._hardware.isa_flags),

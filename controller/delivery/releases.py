@@ -153,10 +153,13 @@ class Releases:
         with self._lock:
             return self._save(again, device.id, now_ms)
 
-    def stay(self, device: DeviceRecord, now_ms: int) -> ReleaseRecord:
-        """Re-sign the release the device runs as its desired state: an update still under way
-        is called off (the device drops it and keeps serving), and one that finished meanwhile
-        is undone like any other change of release."""
+    def stay(self, device: DeviceRecord, now_ms: int, calling_off: int) -> ReleaseRecord:
+        """Re-sign the release the device runs as its desired state: the update to release
+        ``calling_off`` still under way is called off (the device drops it and keeps serving).
+
+        The device may finish that update before this reaches it, so the manifest is also a
+        rollback instruction from ``calling_off``: a device that switched meanwhile goes back
+        to the release it ran, where a plain older release would be refused as a rollback attack."""
         self._check_active(device)
         running = device.deployment.active_release
         if not running:
@@ -166,7 +169,7 @@ class Releases:
             raise ReleaseRefused(f"{_who(device)} reports release {running} as the one it runs, which "
                                  "this controller never issued; assign a model instead")
         manifest = Manifest.from_json(json.loads(current.manifest_json))  # our own, signed before
-        again = replace(manifest, rollback=False, rollback_from=0, issued_at_ms=now_ms,
+        again = replace(manifest, rollback=True, rollback_from=calling_off, issued_at_ms=now_ms,
                         expires_at_ms=now_ms + self._ttl_ms)
         with self._lock:
             return self._save(again, device.id, now_ms)

@@ -237,7 +237,8 @@ class WaveStepper:
             # switched: back to its previous release; still updating: the update is called off
             # (its desired state goes back to the release it runs, so it is not finished later)
             try:
-                release = (self._releases.rollback if switched else self._releases.stay)(device, now)
+                release = (self._releases.rollback(device, now) if switched else
+                           self._releases.stay(device, now, calling_off=d.release))
             except (ReleaseRefused, NotFound) as e:
                 kept.append(f"{d.device_name}: {e}" if switched else f"{d.device_name}: still updating ({e})")
                 self._set(d, now, reason=f"not rolled back: {e}" if switched else
