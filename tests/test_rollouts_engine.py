@@ -196,10 +196,11 @@ def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_
 
 def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
         fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
-    """A device capped at 1 MB/s is still fetching support:2's 3 MB when the operator rolls the
-    rollout back: its update is dropped, and it never switches to support:2 later."""
+    """A device capped at 0.5 MB/s is still fetching support:2's 3 MB when the operator rolls
+    the rollout back: its update is dropped, and it never switches to support:2 later. (Six
+    seconds of download leave a slow CI host time to see it downloading and roll back.)"""
     slow = RunningAgent(fleet.ctl, fleet.root / "edge-slow", "edge-slow", serve_port=0,
-                        download_bytes_per_s=1e6)
+                        download_bytes_per_s=5e5)
     fleet.agents.append(slow)
     _wait_for(lambda: _device(fleet.ctl, "edge-slow").status == "online", "edge-slow online")
     fleet.ctl.admin.UpdateDeviceLabels(admin_pb2.UpdateDeviceLabelsRequest(
@@ -217,7 +218,7 @@ def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
     row = next(d for d in back.devices if d.device_name == "edge-slow")
     assert back.state == "rolled_back"
     assert row.status == "rolled_back" and "called off" in row.reason
-    time.sleep(5)  # longer than the rest of its download would have taken
+    time.sleep(7)  # longer than the rest of its download would have taken
     deployment = _device(fleet.ctl, "edge-slow").deployment
     assert (deployment.active_model, deployment.active_release) == ("support:1", first)
     for name in NAMES:  # switched and rolled back, or called off like edge-slow: on support:1
