@@ -68,7 +68,7 @@ T = TypeVar("T")
 def _safe(what: str, fn: Callable[[], T], default: T) -> T:
     try:
         return fn()
-    except Exception as exc:  # any odd machine must still enroll: log and go on
+    except Exception as exc:  # noqa: BLE001 - any odd machine must still enroll: log and go on
         log.debug("hardware: cannot read %s: %s", what, exc)
         return default
 

@@ -73,7 +73,7 @@ class IngestWriter:
             items = [item for item, _ in batch]
             try:
                 results = await loop.run_in_executor(self._executor, self._store.ingest, items)
-            except Exception as e:  # noqa: BLE001 - every waiting stream must hear of it
+            except Exception as e:  # every waiting stream must hear of it
                 log.exception("telemetry commit of %d batches failed", len(items))
                 for _, future in batch:
                     if not future.done():
@@ -101,5 +101,5 @@ class IngestWriter:
         touches, self._touches = self._touches, {}
         try:
             await self.run_in_writer(self._store.touch_devices, touches)
-        except Exception:  # noqa: BLE001 - last_seen is advisory; keep the writer alive
+        except Exception:  # last_seen is advisory; keep the writer alive
             log.exception("updating last_seen for %d devices failed", len(touches))

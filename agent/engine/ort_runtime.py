@@ -37,7 +37,7 @@ class OrtRuntime:
         path = info.path / TOKENIZER
         try:
             tokenizer = Tokenizer.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on a bad file
+        except Exception as e:  # tokenizers raises plain Exception on a bad file
             raise VariantError(f"{path} failed to load in the tokenizers library ({e}); {REBUILD}") from e
         spec = json.loads(path.read_text(encoding="utf-8"))  # checked by check_variant
         template, error = None, ""

@@ -32,7 +32,7 @@ class ParamError(ValueError):
         return ParamError(f"{prefix}.{self.field}" if self.field else prefix, self.problem)
 
 
-def param(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 - reads like argparse
+def param(default: Any = dataclasses.MISSING, help: str = "", *,  # help=: reads like argparse
           factory: Any = dataclasses.MISSING, columns: tuple[str, ...] = ()) -> Any:
     """A dataclass field with help text; no default and no factory = required. ``columns``:
     for a data reference, the fields every JSONL row of the file must have."""
