@@ -53,12 +53,14 @@ class OrtRuntime:
         return cls(info, loop, tokenizer, decoder, template, error, specials)
 
     def encode(self, text: str) -> Sequence[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         if self._decoder is not None:
             return self._decoder.decode(ids)
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
 
     def detokenizer(self) -> Detokenizer:
         return self._decoder.stream() if self._decoder is not None else TokenizersStream(self._tokenizer)

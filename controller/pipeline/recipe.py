@@ -136,6 +136,7 @@ def parse_recipe(text: str, origin: str, path: Path | None = None) -> Recipe:
         problems.extend(_check_refs(steps, broken))
     if problems:
         raise RecipeError(origin, problems)
+    assert isinstance(name, str)  # checked above: a problem otherwise
     return Recipe(name=name, seed=seed, device=device, steps=tuple(steps), text=text,
                   sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), origin=origin,
                   path=path, description=description)
