@@ -81,9 +81,7 @@ def load_model(ref: str | Path, *, device: str = "auto", events: Events | None =
                              "local directory (no local directory of that name exists)") from e
     if tokenizer.pad_token is None:  # hub models often have none; batched generation needs one
         tokenizer.pad_token = tokenizer.eos_token
-    # transformers declares PreTrainedModel.to through functools.wraps(torch.nn.Module.to), which
-    # mypy reads as taking the model as its first argument.
-    model.to(target)  # type: ignore[arg-type]
+    model.to(target)  # type: ignore[arg-type]  # transformers wraps .to with functools.wraps: mistyped
     model.eval()
     return model, tokenizer
 
