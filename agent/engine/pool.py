@@ -68,6 +68,8 @@ class GenerationPool:
                     stream.cancel()
         except Exception as e:  # noqa: BLE001 - any failure is reported to the caller through on_done
             error = e
+            stream.cancel()
+            next(stream, None)  # a cancelled stream ends at once, freeing its generation's memory
         finally:
             with self._lock:
                 self._running -= 1
