@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from google.protobuf import json_format
@@ -287,6 +287,7 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     from agent.delivery.updater import Updater
     from agent.engine import ModelSlot
     from agent.hardware import detect_hardware
+    from protos import delivery_pb2
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
@@ -299,9 +300,9 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
               "the bundle's signature is checked against the controller key pinned at enrollment",
               EXIT_USAGE, as_json)
         return
-    statuses = []
+    statuses: list[delivery_pb2.DeploymentStatus] = []
 
-    def no_channel():  # type: ignore[no-untyped-def]
+    def no_channel() -> NoReturn:
         raise RuntimeError("a bundle install has no network path")
 
     updater = Updater(data_dir, identity.manifest_public_key, detect_hardware(data_dir), ModelSlot(),

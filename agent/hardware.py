@@ -68,7 +68,7 @@ T = TypeVar("T")
 def _safe(what: str, fn: Callable[[], T], default: T) -> T:
     try:
         return fn()
-    except Exception as exc:  # any odd machine must still enroll: log and go on
+    except Exception as exc:  # noqa: BLE001 - any odd machine must still enroll: log and go on
         log.debug("hardware: cannot read %s: %s", what, exc)
         return default
 
@@ -188,8 +188,9 @@ def detect_hardware(
     """Describe this machine; the disk fields are for the filesystem holding ``data_dir``."""
     hw = common_pb2.Hardware()
     hw.arch = _safe("arch", platform.machine, "")
+    no_flags: list[str] = []
     cpu_model, flags = _safe("cpuinfo", lambda: parse_cpuinfo(_read_text(cpuinfo_path), hw.arch),
-                             ("", []))
+                             ("", no_flags))
     hw.cpu_model = cpu_model or _safe("cpu model", platform.processor, "")
     hw.isa_flags.extend(flags)
 
@@ -204,7 +205,8 @@ def detect_hardware(
     if usage is not None:
         hw.disk_total_bytes, hw.disk_free_bytes = usage.total, usage.free
 
-    gpus = _safe("nvidia-smi", lambda: parse_nvidia_smi(nvidia_smi() or ""), [])
+    no_gpus: list[common_pb2.Accelerator] = []
+    gpus = _safe("nvidia-smi", lambda: parse_nvidia_smi(nvidia_smi() or ""), no_gpus)
     if not gpus:  # JetPack 6 has an nvidia-smi; don't list the same GPU twice
         jetson = _safe("jetson", lambda: detect_jetson(
             tegra_release_path, device_model_path, hw.memory_total_bytes), None)

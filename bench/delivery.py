@@ -45,8 +45,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.controller_proc import REPO, BenchError, ControllerProcess  # noqa: E402 - after the sys.path fix
-from bench.delivery_agents import (  # noqa: E402
+from bench.controller_proc import REPO, BenchError, ControllerProcess
+from bench.delivery_agents import (
     MODEL_NAME,
     Admin,
     AgentProc,
@@ -58,7 +58,7 @@ from bench.delivery_agents import (  # noqa: E402
     variant_with_extra_file,
     watch_releases,
 )
-from bench.fleet_scale import machine  # noqa: E402
+from bench.fleet_scale import machine
 
 SIZE_50MB = {"hidden_size": 384, "num_layers": 8, "num_heads": 6, "num_kv_heads": 2,
              "intermediate_size": 1024, "max_position_embeddings": 512}

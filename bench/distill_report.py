@@ -31,10 +31,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402 - after the sys.path fix
+import yaml
 
-from controller.pipeline.local import run_local  # noqa: E402
-from controller.pipeline.rich_events import RichEvents  # noqa: E402
+from controller.pipeline.local import run_local
+from controller.pipeline.rich_events import RichEvents
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"param_share": ("<=", 0.20), "retention": (">=", 0.95), "speedup": (">=", 3.0),

@@ -37,9 +37,9 @@ import psutil
 if __package__ in (None, ""):  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.enroll import EnrollmentError, enroll  # noqa: E402 - after the sys.path fix
-from bench.controller_proc import REPO, BenchError, ControllerProcess, vm_hwm_bytes  # noqa: E402
-from protos import common_pb2  # noqa: E402
+from agent.enroll import EnrollmentError, enroll
+from bench.controller_proc import REPO, BenchError, ControllerProcess, vm_hwm_bytes
+from protos import common_pb2
 
 MB = 1024 * 1024
 RATE_TOLERANCE = 0.98  # samples/s >= 98 % of N counts as "1 sample per agent per second"
@@ -113,7 +113,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "bench.sim_agents", "--identities", str(ids_path),
                "--duration", str(args.duration), "--ramp-rate", str(args.ramp_rate),
                "--settle", str(args.settle)]
-        loader_log = open(work / f"loader-{n}.log", "w")  # noqa: SIM115 - closed below
+        loader_log = open(work / f"loader-{n}.log", "w")  # closed below
         loader = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=loader_log,
                                   stdin=subprocess.DEVNULL, text=True)
         loader_ps = psutil.Process(loader.pid)

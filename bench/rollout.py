@@ -56,22 +56,22 @@ import psutil
 if __package__ in (None, ""):  # run as a file: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.controller_proc import REPO, BenchError, vm_hwm_bytes  # noqa: E402 - after the sys.path fix
-from bench.delivery import say  # noqa: E402
-from bench.delivery_agents import (  # noqa: E402
+from bench.controller_proc import REPO, BenchError, vm_hwm_bytes
+from bench.delivery import say
+from bench.delivery_agents import (
     Admin,
     Clock,
     register_version,
     variant_with_extra_file,
     watch_releases,
 )
-from bench.fleet_scale import machine  # noqa: E402
-from bench.rollout_fleet import FleetProc, agent_lines, log_time  # noqa: E402
-from protos import rollout_pb2  # noqa: E402
+from bench.fleet_scale import machine
+from bench.rollout_fleet import FleetProc, agent_lines, log_time
+from protos import rollout_pb2
 
 sys.path.insert(0, str(REPO / "tests"))  # the tests' tiny variants and process harness
-import variants  # noqa: E402
-from procs import ProcessHarness  # noqa: E402
+import variants
+from procs import ProcessHarness
 
 MB = 1e6
 MODEL = "support"

@@ -56,7 +56,7 @@ async def _one(settings, stagger_s: float) -> None:  # type: ignore[no-untyped-d
         emit("agent_exited", name=settings.name, error="returned")
     except asyncio.CancelledError:
         raise
-    except BaseException as e:  # noqa: BLE001 - reported to the bench, the others go on
+    except BaseException as e:  # reported to the bench, the others go on
         logging.getLogger(__name__).exception("agent %s stopped", settings.name)
         emit("agent_exited", name=settings.name, error=f"{type(e).__name__}: {e}"[:500])
 

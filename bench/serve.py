@@ -52,9 +52,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.engine.engine import usable_cores  # noqa: E402
-from bench.controller_proc import vm_hwm_bytes  # noqa: E402 - after the sys.path fix
-from bench.serve_runners import summary  # noqa: E402
+from agent.engine.engine import usable_cores
+from bench.controller_proc import vm_hwm_bytes
+from bench.serve_runners import summary
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE_80M = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "num_kv_heads": 4,

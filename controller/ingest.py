@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar, TypeVarTuple
 
 from controller.store import FleetStore, IngestItem, IngestResult, Touch
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 log = logging.getLogger(__name__)
 MAX_ITEMS_PER_COMMIT = 1000
@@ -39,7 +44,7 @@ class IngestWriter:
     def touch(self, device_id: str, touch: Touch) -> None:
         self._touches[device_id] = touch
 
-    async def run_in_writer(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def run_in_writer(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run a store call on the writer thread (keeps SQLite writes in one place)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -73,7 +78,7 @@ class IngestWriter:
             items = [item for item, _ in batch]
             try:
                 results = await loop.run_in_executor(self._executor, self._store.ingest, items)
-            except Exception as e:  # noqa: BLE001 - every waiting stream must hear of it
+            except Exception as e:  # every waiting stream must hear of it
                 log.exception("telemetry commit of %d batches failed", len(items))
                 for _, future in batch:
                     if not future.done():
@@ -101,5 +106,5 @@ class IngestWriter:
         touches, self._touches = self._touches, {}
         try:
             await self.run_in_writer(self._store.touch_devices, touches)
-        except Exception:  # noqa: BLE001 - last_seen is advisory; keep the writer alive
+        except Exception:  # last_seen is advisory; keep the writer alive
             log.exception("updating last_seen for %d devices failed", len(touches))

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.files import write_atomic, write_private
@@ -88,7 +89,7 @@ class CertificateAuthority:
         return cls(key, cert)
 
     def _sign(
-        self, public_key: object, cn: str, role: str, days: int,
+        self, public_key: CertificatePublicKeyTypes, cn: str, role: str, days: int,
         client: bool, server_names: tuple[str, ...] = (),
     ) -> x509.Certificate:
         now = _now()
@@ -96,7 +97,7 @@ class CertificateAuthority:
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn, role)).issuer_name(self.cert.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))

@@ -276,6 +276,33 @@ def test_pool_refuses_beyond_its_queue_and_skips_cancelled_queued_streams(engine
     assert first.finish_reason == "cancelled" and pool.running == pool.queued == 0
 
 
+@pytest.mark.parametrize(("raised", "reported"), [
+    (RuntimeError("Event loop is closed"), None),  # the receiver is gone: stop, nothing to report
+    (ValueError("a bug in the receiver"), ValueError),  # anything else is the generation's error
+])
+def test_a_receiver_that_fails_stops_its_generation(engine: Engine, raised: Exception,
+                                                    reported: type[Exception] | None) -> None:
+    pool = GenerationPool(workers=1, max_queued=0)
+    done = threading.Event()
+    errors: list[BaseException | None] = []
+
+    def on_piece(piece: object) -> None:
+        raise raised
+
+    def on_done(error: BaseException | None) -> None:
+        errors.append(error)
+        done.set()
+
+    stream = engine.stream(chat_prompt(engine, "Where is my order #12345?"), params())
+    try:
+        pool.submit(stream, on_piece, on_done)
+        assert done.wait(60)
+    finally:
+        pool.shutdown()
+    assert stream.completion_tokens <= 1 and stream.finish_reason == "cancelled"  # its memory freed
+    assert (type(errors[0]) if errors[0] is not None else None) is reported
+
+
 def test_slot_swaps_models_and_a_failed_load_keeps_the_previous_one(
         tiny: variants.TinyVariants, tmp_path: Path) -> None:
     slot = ModelSlot(threads=1)

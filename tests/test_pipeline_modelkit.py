@@ -129,6 +129,7 @@ def test_a_size_mapping_overrides_a_named_size(tokenizer_2048: Path, tmp_path: P
 @pytest.mark.parametrize("size, message", [
     ("huge", "unknown model size 'huge'; known sizes: teacher, student, tiny"),
     ({"base": "tiny", "layers": 3}, "unknown field(s) layers"),
+    ({"base": 5, "num_layers": 1}, "base must be a named size (teacher, student, tiny), got 5"),
     ({"hidden_size": 64}, "missing field(s) intermediate_size, num_heads, num_kv_heads, num_layers"),
     ({"base": "tiny", "num_heads": 5}, "hidden_size 48 is not divisible by num_heads 5"),
     ({"base": "tiny", "num_kv_heads": 2}, "num_heads 3 is not divisible by num_kv_heads 2"),

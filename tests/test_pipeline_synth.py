@@ -200,6 +200,17 @@ def test_a_torn_last_line_from_a_killed_run_is_skipped(tmp_path: Path) -> None:
     assert (report.asked, report.reused, report.kept) == (2, 4, 6)
 
 
+def test_a_partial_row_whose_id_is_not_a_string_is_not_reused(tmp_path: Path) -> None:
+    out = tmp_path / "train.jsonl"
+    with FakeOpenAIServer() as server:
+        label_prompts(teacher(server), prompt_rows(2), out, SETTINGS, ListEvents())
+    partial = partial_path(out)
+    partial.write_text(partial.read_text() + '{"id": ["p2"], "prompt": "question 2"}\n')  # hand-edited
+    with FakeOpenAIServer() as server:
+        report = label_prompts(teacher(server), prompt_rows(3), out, SETTINGS, ListEvents())
+    assert (report.asked, report.reused, report.kept) == (1, 2, 3)
+
+
 def test_a_damaged_partial_file_names_the_line(tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     partial_path(out).write_text('{"id": "p0"\n{"id": "p1"}\n')

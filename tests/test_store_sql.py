@@ -296,7 +296,7 @@ class TestFleetStore:
                     enrolled.ingest([IngestItem(device_id, (_sample(seq),))])
                     enrolled.touch_devices({device_id: Touch(NOW + seq)})
                     enrolled.list_devices()
-            except BaseException as e:  # reported by the assert below
+            except BaseException as e:  # noqa: BLE001 - reported by the assert below
                 errors.append(e)
 
         threads = [threading.Thread(target=work, args=(d,)) for d in ("d-1", "d-2") * 2]

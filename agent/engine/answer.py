@@ -38,7 +38,7 @@ def greedy_answer(engine: Engine, prompt: str, max_new_tokens: int,
     started = time.perf_counter()
     first = 0.0
     stream = engine.stream(text, SamplingParams(max_tokens=min(max_new_tokens, room), temperature=0.0))
-    pieces = []
+    pieces: list[str] = []
     for piece in stream:
         if not pieces:
             first = time.perf_counter() - started

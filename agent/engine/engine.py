@@ -182,7 +182,7 @@ class Engine:
         ``flush`` at the end."""
         return self._live().detokenizer()
 
-    def chat_prompt(self, messages: list[dict]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text for chat ``messages`` in the model's own chat template (the variant's
         chat_template.jinja or tokenizer_config.json), ending with the assistant's turn. Content
         may be a string or OpenAI's list of {"type": "text", "text": ...} parts."""

@@ -74,7 +74,9 @@ class GenaiRuntime:
         return cls(info, model, tokenizer, ByteLevelDecoder.from_tokenizer_json(spec), adapters)
 
     def encode(self, text: str) -> Sequence[int]:
-        return self._tokenizer.encode(text)  # a numpy array, as og.Generator.append_tokens takes it
+        # A numpy array, as og.Generator.append_tokens takes it.
+        ids: Sequence[int] = self._tokenizer.encode(text)
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         if self._decoder is not None:
@@ -86,8 +88,9 @@ class GenaiRuntime:
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         try:
-            return self._tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True,
-                                                       template_str=self.info.chat_template)
+            prompt: str = self._tokenizer.apply_chat_template(
+                json.dumps(messages), add_generation_prompt=True, template_str=self.info.chat_template)
+            return prompt
         except RuntimeError as e:
             raise ParamError("messages", f"the model's chat template failed on these messages: {e}") from e
 

@@ -45,7 +45,7 @@ class OrtLoop:
             options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as e:  # onnxruntime raises its own exception types
             data = [graph.name + suffix for suffix in (".data", "_data")
                     if graph.with_name(graph.name + suffix).is_file()]
             weights = f" or {data[0]}" if data else ""

@@ -37,7 +37,7 @@ class OrtRuntime:
         path = info.path / TOKENIZER
         try:
             tokenizer = Tokenizer.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on a bad file
+        except Exception as e:  # tokenizers raises plain Exception on a bad file
             raise VariantError(f"{path} failed to load in the tokenizers library ({e}); {REBUILD}") from e
         spec = json.loads(path.read_text(encoding="utf-8"))  # checked by check_variant
         template, error = None, ""
@@ -53,12 +53,14 @@ class OrtRuntime:
         return cls(info, loop, tokenizer, decoder, template, error, specials)
 
     def encode(self, text: str) -> Sequence[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         if self._decoder is not None:
             return self._decoder.decode(ids)
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
 
     def detokenizer(self) -> Detokenizer:
         return self._decoder.stream() if self._decoder is not None else TokenizersStream(self._tokenizer)

@@ -64,10 +64,12 @@ class GenerationPool:
             for piece in stream:
                 try:
                     on_piece(piece)
-                except Exception:  # the receiver is gone (its event loop closed): stop generating
+                except RuntimeError:  # the receiver's event loop is closed (it is gone): stop generating
                     stream.cancel()
-        except Exception as e:  # reported to the caller through on_done
+        except Exception as e:  # noqa: BLE001 - any failure is reported to the caller through on_done
             error = e
+            stream.cancel()
+            next(stream, None)  # a cancelled stream ends at once, freeing its generation's memory
         finally:
             with self._lock:
                 self._running -= 1

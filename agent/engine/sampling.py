@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeGuard
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_SEED = 2**63 - 1
@@ -23,7 +24,7 @@ class ParamError(ValueError):
         self.message = message
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

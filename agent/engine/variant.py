@@ -128,7 +128,8 @@ def scan_graph(path: Path, names: Iterable[str] = ()) -> tuple[int, str, set[str
     """(size, precision, which of ``names`` the graph mentions) of the ONNX file ``path``, read
     in chunks: a graph that keeps its weights inside (optimum's export) can be gigabytes, and
     reading it whole would double the memory the model takes while it loads."""
-    needles = {m: m for m in _MARKERS} | {n.encode(): n for n in names}
+    wanted = {n.encode(): n for n in names}
+    needles = set(_MARKERS) | set(wanted)
     keep = max(len(n) for n in needles) + _AFTER
     found: dict[bytes, bytes] = {}
     size, tail = 0, b""
@@ -145,7 +146,7 @@ def scan_graph(path: Path, names: Iterable[str] = ()) -> tuple[int, str, set[str
                 break
             tail = buffer[-keep:]
     precision = graph_precision(b"".join(found.get(m, b"") for m in _MARKERS))
-    return size, precision, {needles[n] for n in found if n not in _MARKERS}
+    return size, precision, {wanted[n] for n in found if n in wanted}
 
 
 def _chat_template(root: Path) -> tuple[str | None, str | None]:
@@ -226,7 +227,7 @@ def _check_genai(root: Path) -> VariantInfo:
     config = _read_json(config_path)
     model = config.get("model") if isinstance(config, dict) else None
     decoder = model.get("decoder") if isinstance(model, dict) else None
-    if not isinstance(decoder, dict):
+    if not isinstance(model, dict) or not isinstance(decoder, dict):
         raise VariantError(f"{config_path} has no model.decoder section; {REBUILD}")
     context_length = _positive_int(model.get("context_length"), config_path, "model.context_length")
     vocab_size = _positive_int(model.get("vocab_size"), config_path, "model.vocab_size")

@@ -7,6 +7,8 @@ library's error handling works unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -22,7 +24,7 @@ class ApiError(Exception):
         self.type = type_ or TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         self.headers = headers or {}
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 

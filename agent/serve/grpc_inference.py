@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from agent.engine import EngineClosed, ModelSlot, NoModel, ParamError, SamplingParams, Stream
+from agent.engine import Engine, EngineClosed, ModelSlot, NoModel, ParamError, SamplingParams, Stream
 from agent.engine.pool import Busy, GenerationPool
 from agent.serve.bridge import Bridge
 from agent.serve.metrics import ServeMetrics
@@ -50,7 +50,7 @@ def sampling_params(request: inference_pb2.GenerateRequest) -> SamplingParams:
     return SamplingParams(stop=tuple(request.stop), **given)
 
 
-def prompt_text(request: inference_pb2.GenerateRequest, engine: Any) -> str:
+def prompt_text(request: inference_pb2.GenerateRequest, engine: Engine) -> str:
     if bool(request.prompt) == bool(request.messages):
         raise ParamError("prompt", "give either prompt (raw text) or messages (a chat), "
                          + ("not both" if request.prompt else "neither was given"))
@@ -99,7 +99,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                   time.perf_counter() - started, error_type)
 
     async def Generate(self, request: inference_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext
+                       context: grpc.aio.ServicerContext[inference_pb2.GenerateRequest,
+                                                         inference_pb2.GenerateResponse]
                        ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()

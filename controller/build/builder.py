@@ -165,6 +165,7 @@ def _genai(model_dir: Path, profile: DeviceProfile, out_dir: Path, scratch: Path
            events: Events) -> BuiltVariant:
     b = profile.build
     tool = {"route": ROUTE_GENAI, "tool": f"onnxruntime-genai {genai_version()} model builder"}
+    build: dict[str, Any]
     if b.precision == "int8":
         base = _genai_fp32(model_dir, scratch, events)
         tmp = temp_dir_beside(out_dir)

@@ -52,8 +52,8 @@ class AdminClient:
 
     def error(self, e: grpc.RpcError) -> CliError:
         """A failed call as the CLI's error; UNAVAILABLE says what to check."""
-        code = e.code()  # type: ignore[attr-defined]
-        details = e.details()  # type: ignore[attr-defined]
+        code = e.code()
+        details = e.details() or f"the call failed with {code.name}"
         if code == grpc.StatusCode.UNAVAILABLE:
             details = (f"controller at {self.config.controller} is unreachable ({details}); "
                        "is `slmops controller start` running?")

@@ -93,7 +93,7 @@ class PipelineClient(AdminClient):
                         return
                 return
             except grpc.RpcError as e:
-                retryable = e.code() in (grpc.StatusCode.UNAVAILABLE,  # type: ignore[attr-defined]
+                retryable = e.code() in (grpc.StatusCode.UNAVAILABLE,
                                          grpc.StatusCode.DEADLINE_EXCEEDED)
                 if not (follow and retryable):
                     raise self.error(e) from None

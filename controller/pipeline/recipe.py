@@ -136,6 +136,7 @@ def parse_recipe(text: str, origin: str, path: Path | None = None) -> Recipe:
         problems.extend(_check_refs(steps, broken))
     if problems:
         raise RecipeError(origin, problems)
+    assert isinstance(name, str)  # checked above: a problem otherwise
     return Recipe(name=name, seed=seed, device=device, steps=tuple(steps), text=text,
                   sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), origin=origin,
                   path=path, description=description)
@@ -253,7 +254,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _load_yaml(text: str, origin: str) -> Any:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)

@@ -145,7 +145,7 @@ def _run_step(ctx: StepContext, fingerprint: str) -> StepRecord:
         outputs = spec.step_class().run(ctx, spec.params)
     except (Cancelled, KeyboardInterrupt):
         raise
-    except Exception as e:  # noqa: BLE001 - any failure of a step ends the run with its name on it
+    except Exception as e:  # any failure of a step ends the run with its name on it
         ctx.events.check_cancelled()  # a child killed by the cancel fails; that is a cancel
         raise RunError(spec.id, f"step {spec.id!r} ({spec.uses}) failed: {e}") from e
     declared = spec.step_class.declared_outputs(spec.params)

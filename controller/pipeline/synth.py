@@ -95,9 +95,9 @@ def label_prompts(teacher: Teacher, prompts: Sequence[Mapping[str, str]], out_pa
         append_jsonl_many(partial, answered)  # one fsync per chunk: a kill loses at most a chunk
         results.update((r["id"], r) for r in answered)
         counts = Counter(r["verdict"] for r in results.values())
-        dropped = len(results) - counts["kept"]
-        events.progress(TASK, len(results), total, unit="prompt", kept=counts["kept"], dropped=dropped)
-        if dropped > total - required and len(results) < total:
+        dropped_so_far = len(results) - counts["kept"]
+        events.progress(TASK, len(results), total, unit="prompt", kept=counts["kept"], dropped=dropped_so_far)
+        if dropped_so_far > total - required and len(results) < total:
             raise TeacherError(
                 f"teacher gave usable answers to only {counts['kept']} of the first {len(results)} "
                 f"prompts; with {total} in all, min_success_ratio {min_success_ratio} can no longer "
@@ -193,7 +193,8 @@ def _reusable(partial: Path, prompts: list[dict[str, str]], key: str,
                 continue  # the append that was cut short when the last run died
             raise DataError(f"{partial}:{number}: malformed JSON; delete {partial} to label from "
                             "scratch") from None
-        if not isinstance(row, dict) or wanted.get(row.get("id")) != row.get("prompt"):
+        if not isinstance(row, dict) or not isinstance(row_id := row.get("id"), str) or (
+                wanted.get(row_id) != row.get("prompt")):
             continue
         if row.get("key") != key:
             other_teacher += 1

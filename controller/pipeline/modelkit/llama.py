@@ -58,7 +58,7 @@ SIZES: dict[str, LlamaSize] = {
 }
 
 
-def resolve_size(size: str | Mapping[str, int]) -> LlamaSize:
+def resolve_size(size: str | Mapping[str, int | str]) -> LlamaSize:
     """A named size, or a mapping of LlamaSize fields; a mapping with "base": NAME overrides
     the fields of that named size."""
     if isinstance(size, str):
@@ -69,13 +69,15 @@ def resolve_size(size: str | Mapping[str, int]) -> LlamaSize:
         raise ModelError(f"model size must be a name or a mapping, got {type(size).__name__}")
     fields = dict(size)
     base_name = fields.pop("base", None)
+    if base_name is not None and not isinstance(base_name, str):
+        raise ModelError(f"model size: base must be a named size ({', '.join(SIZES)}), got {base_name!r}")
     base = dataclasses.asdict(resolve_size(base_name)) if base_name is not None else {}
     known = {f.name for f in dataclasses.fields(LlamaSize)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ModelError(f"model size: unknown field(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))} (and 'base')")
-    merged = {**base, **fields}
+    merged: dict[str, Any] = {**base, **fields}  # LlamaSize checks every value
     missing = sorted(known - set(merged) - {"max_position_embeddings"})
     if missing:
         raise ModelError(f"model size: missing field(s) {', '.join(missing)} (or give 'base')")
@@ -102,7 +104,8 @@ def llama_config(size: LlamaSize, tokenizer: Any) -> Any:
     )
 
 
-def build_model(size: str | Mapping[str, int], tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Path:
+def build_model(size: str | Mapping[str, int | str], tokenizer_dir: Path, out_dir: Path,
+                seed: int = 0) -> Path:
     """Build a randomly initialised (seeded) Llama of ``size`` for the tokenizer in
     ``tokenizer_dir`` and write it, with the tokenizer and ``slmops.json``, to ``out_dir``."""
     import shutil

@@ -81,7 +81,7 @@ def load_model(ref: str | Path, *, device: str = "auto", events: Events | None =
                              "local directory (no local directory of that name exists)") from e
     if tokenizer.pad_token is None:  # hub models often have none; batched generation needs one
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(target)
+    model.to(target)  # type: ignore[arg-type]  # transformers wraps .to with functools.wraps: mistyped
     model.eval()
     return model, tokenizer
 

@@ -32,7 +32,7 @@ class ParamError(ValueError):
         return ParamError(f"{prefix}.{self.field}" if self.field else prefix, self.problem)
 
 
-def param(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 - reads like argparse
+def param(default: Any = dataclasses.MISSING, help: str = "", *,  # help=: reads like argparse
           factory: Any = dataclasses.MISSING, columns: tuple[str, ...] = ()) -> Any:
     """A dataclass field with help text; no default and no factory = required. ``columns``:
     for a data reference, the fields every JSONL row of the file must have."""
@@ -112,7 +112,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             if not isinstance(k, str):
                 raise ParamError(path, f"keys must be strings, got {_show(k)}")
         return {k: convert(args[1], v, _join(path, k)) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     return _convert_scalar(tp, value, path)
 
@@ -187,9 +187,9 @@ def _nested_names(cls: type, prefix: str) -> Iterator[str]:
 
 
 def _dataclasses_in(tp: Any) -> list[type]:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return [tp]
-    return [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+    return [a for a in typing.get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)]
 
 
 def walk_refs(obj: Any, path: str = "") -> Iterator[tuple[str, Any, str]]:
@@ -257,7 +257,7 @@ def describe(cls: type, indent: str = "  ") -> list[str]:
 
 def _is_default(value: Any) -> bool:
     """A nested parameter object equal to its class's defaults."""
-    if not dataclasses.is_dataclass(value):
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
         return False
     try:
         return bool(value == type(value)())

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from controller.pipeline import refs
 from controller.pipeline.refs import AnyModelRef
@@ -44,7 +45,7 @@ class Register(Step):
     name = "register"
     summary = "describe the models to register (the controller registers them once the job succeeded)"
     Params = RegisterParams
-    outputs: dict[str, str] = {}
+    outputs: ClassVar[Mapping[str, str]] = {}
     always_run = True
 
     def run(self, ctx: StepContext, params: RegisterParams) -> dict[str, Path]:

@@ -74,10 +74,10 @@ class OpenAITeacher:
         for name, value, minimum in (("concurrency", concurrency, 1), ("retries", retries, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise TeacherError(f"teacher.{name}: expected an integer >= {minimum}, got {value!r}")
-        for name, value in (("timeout_s", timeout_s), ("backoff_s", backoff_s),
-                            ("max_backoff_s", max_backoff_s)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise TeacherError(f"teacher.{name}: expected a number > 0, got {value!r}")
+        for name, seconds in (("timeout_s", timeout_s), ("backoff_s", backoff_s),
+                              ("max_backoff_s", max_backoff_s)):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+                raise TeacherError(f"teacher.{name}: expected a number > 0, got {seconds!r}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.concurrency = concurrency

@@ -114,7 +114,7 @@ def train(model_dir: Path, examples: Sequence[Mapping[str, str]], out_dir: Path,
                  for k, v in data.collate([encoded[i] for i in indices], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        use_cache=False).logits
-        if teacher is not None:
+        if teacher is not None and kd is not None:  # both or neither, checked above
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                          use_cache=False).logits
@@ -201,7 +201,7 @@ def _trainable(model: Any) -> list[tuple[str, Any]]:
 def _rng_state() -> dict[str, Any]:
     import torch
 
-    state = {"cpu": torch.get_rng_state()}
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
