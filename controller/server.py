@@ -53,7 +53,27 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # gRPC binds with SO_REUSEPORT by default: a second controller on a port in use would start
+    # "fine" and share it, and clients would reach either one. Refuse to share it.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+class AddressInUse(RuntimeError):
+    """A port can't be bound; the message names the option and the address, and what to do."""
+
+
+def bind(server: grpc.aio.Server, option: str, address: str,
+         credentials: grpc.ServerCredentials | None = None) -> int:
+    """``server`` listening on ``address``; AddressInUse (one line) if it can't be bound."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        raise AddressInUse(f"{option}: can't bind {address}: the address is in use (another "
+                           f"controller?) or not this host's; stop the other process or choose "
+                           f"another {option}") from None
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,15 @@ class Controller:
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> Endpoints:
+        """Open the stores, bind both ports and serve. If any of it fails (a port in use, say),
+        what was started is stopped again before the error goes up."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace_s=0)
+            raise
+
+    async def _start(self) -> Endpoints:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(s.data_dir, 0o700)
@@ -121,13 +150,13 @@ class Controller:
             [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
             root_certificates=ca.cert_pem.encode(), require_client_auth=True,
         )
-        port = main.add_secure_port(s.listen, credentials)
+        port = bind(main, "--listen", s.listen, credentials)
 
         bootstrap = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length",
                                                               1024 * 1024)])
         enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(
             EnrollmentServicer(self.store, ca, raw_public_key(signing_key), profiles), bootstrap)
-        enroll_port = bootstrap.add_insecure_port(s.resolved_enroll_listen)
+        enroll_port = bind(bootstrap, "--enroll-listen", s.resolved_enroll_listen)
 
         health_servicer = health.aio.HealthServicer()
         for server in (main, bootstrap):
