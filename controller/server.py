@@ -143,7 +143,8 @@ class Controller:
         delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(self.delivery, main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms, profiles=profiles,
-                          releases=self.releases, rollouts=self.rollouts), main)
+                          releases=self.releases, rollouts=self.rollouts,
+                          manifest_public_key=raw_public_key(signing_key)), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineServicer(self.jobs, self.registry, profiles), main)
         credentials = grpc.ssl_server_credentials(
@@ -155,7 +156,7 @@ class Controller:
         bootstrap = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length",
                                                               1024 * 1024)])
         enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(
-            EnrollmentServicer(self.store, ca, raw_public_key(signing_key), profiles), bootstrap)
+            EnrollmentServicer(self.store, ca, signing_key, profiles), bootstrap)
         enroll_port = bind(bootstrap, "--enroll-listen", s.resolved_enroll_listen)
 
         health_servicer = health.aio.HealthServicer()

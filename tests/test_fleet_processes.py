@@ -212,9 +212,9 @@ def test_removed_device_is_refused_and_agent_exits_with_a_clear_message(
 
 def _wrong_secret(procs: ProcessHarness) -> str:
     token = procs.create_token("site=lab")["token"]
-    token_id, secret = token.split(".")
+    token_id, secret, fingerprint = token.split(".")
     swapped = "A" if secret[0] != "A" else "B"  # still a well-formed token
-    return f"{token_id}.{swapped}{secret[1:]}"
+    return f"{token_id}.{swapped}{secret[1:]}.{fingerprint}"
 
 
 def _revoked(procs: ProcessHarness) -> str:
