@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.client_config import FILE_NAME, ClientConfig
 from controller.delivery.blobs import BlobStore
+from controller.delivery.integrity import log_damaged
 from controller.delivery.releases import Releases
 from controller.hub import Hub
 from controller.ingest import IngestWriter
@@ -99,6 +100,7 @@ class Controller:
         self.delivery: DeliveryServicer | None = None
         self.rollouts: RolloutEngine | None = None
         self._servers: list[grpc.aio.Server] = []
+        self._check: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         """Open the stores, bind both ports and serve. If any of it fails (a port in use, say),
@@ -146,7 +148,7 @@ class Controller:
                           releases=self.releases, rollouts=self.rollouts,
                           manifest_public_key=raw_public_key(signing_key)), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
-            PipelineServicer(self.jobs, self.registry, profiles), main)
+            PipelineServicer(self.jobs, self.registry, profiles, blobs), main)
         credentials = grpc.ssl_server_credentials(
             [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
             root_certificates=ca.cert_pem.encode(), require_client_auth=True,
@@ -171,6 +173,8 @@ class Controller:
             await server.start()
         await self.jobs.start()
         self.rollouts.start()
+        # cheap (sizes only), logged, and off the event loop: a large registry delays nothing
+        self._check = asyncio.create_task(asyncio.to_thread(log_damaged, self.registry, blobs))
 
         enroll_host, _ = split_address("--enroll-listen", s.resolved_enroll_listen)
         endpoints = Endpoints(
@@ -203,6 +207,8 @@ class Controller:
         """Graceful: streams are told to end, in-flight calls get ``grace_s`` to finish, and
         everything acknowledged is already committed. Running jobs' workers are stopped and
         the jobs queued again, to resume at the next start."""
+        if self._check is not None:
+            await self._check  # the start-up check: closing the registry under it would fail it
         if self.rollouts is not None:
             await self.rollouts.stop()
         self.hub.close_all("controller shutting down")
