@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -119,3 +120,26 @@ def test_a_variant_registered_before_per_file_hashes_is_recovered_only_if_it_mat
     assert "no longer match the digest recorded" in error.details()
     assert f"slmops build {ref} --profiles {PROFILE}" in error.details()
     assert [d.problem for d in _verify(ctl).damaged] == ["unrecorded"]
+
+
+def test_controller_start_logs_a_variant_file_whose_size_changed(
+        tmp_path: Path, tiny: variants.TinyVariants, caplog: pytest.LogCaptureFixture) -> None:
+    first = RunningController(tmp_path / "ctl")
+    try:
+        ref = _register(first, tmp_path, "tiny", [_variant_entry(tiny.fp32, precision="fp32")])
+        registry = first.controller.registry
+        damaged = _largest(registry.variant_path(registry.variant(ref, PROFILE)))
+    finally:
+        first.stop()
+    with open(damaged, "ab") as f:
+        f.write(b"\0")  # a stray write past the end
+    caplog.set_level("WARNING", logger="controller.delivery.integrity")
+    second = RunningController(tmp_path / "ctl")
+    try:
+        deadline = time.monotonic() + 30
+        while str(damaged) not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"damaged model file: {damaged}" in caplog.text
+        assert f"slmops build {ref} --profiles {PROFILE}" in caplog.text
+    finally:
+        second.stop()
