@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent import __version__
-from agent.enrollment_proof import parse_token, proofs_equal, request_proof, response_proof
+from agent.enrollment_proof import parse_token, response_signed, sign_request
 from agent.identity import Identity
 from protos import common_pb2, enrollment_pb2, enrollment_pb2_grpc
 
@@ -52,7 +52,7 @@ def enroll(
         agent_version=__version__, timestamp_ms=int(time.time() * 1000),
         nonce=secrets.token_bytes(32),
     )
-    request.proof = request_proof(parsed.verifier, request)
+    request.proof = sign_request(parsed.signing_key, request)
     with grpc.insecure_channel(enroll_address) as channel:
         stub = enrollment_pb2_grpc.EnrollmentServiceStub(channel)
         try:
@@ -64,10 +64,10 @@ def enroll(
                 f"enrollment at {enroll_address} failed: {code.name}: {e.details()}",  # type: ignore[attr-defined]
                 retryable=retryable,
             ) from None
-    if not proofs_equal(response.proof, response_proof(parsed.verifier, response)):
+    if not response_signed(parsed, request, response):
         raise EnrollmentError(
-            f"the answer from {enroll_address} is not signed with this token: it is not the "
-            "controller that made the token. Check --controller / --enroll-address."
+            f"the answer from {enroll_address} is not signed by the controller that made this "
+            "token. Check --controller / --enroll-address."
         )
     return Identity(
         device_id=response.device_id, controller=controller, server_name=response.server_name,

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.client_config import FILE_NAME, ClientConfig
 from controller.delivery.blobs import BlobStore
+from controller.delivery.integrity import log_damaged
 from controller.delivery.releases import Releases
 from controller.hub import Hub
 from controller.ingest import IngestWriter
@@ -53,7 +54,27 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # gRPC binds with SO_REUSEPORT by default: a second controller on a port in use would start
+    # "fine" and share it, and clients would reach either one. Refuse to share it.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+class AddressInUse(RuntimeError):
+    """A port can't be bound; the message names the option and the address, and what to do."""
+
+
+def bind(server: grpc.aio.Server, option: str, address: str,
+         credentials: grpc.ServerCredentials | None = None) -> int:
+    """``server`` listening on ``address``; AddressInUse (one line) if it can't be bound."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        raise AddressInUse(f"{option}: can't bind {address}: the address is in use (another "
+                           f"controller?) or not this host's; stop the other process or choose "
+                           f"another {option}") from None
 
 
 @dataclass(frozen=True)
@@ -79,8 +100,18 @@ class Controller:
         self.delivery: DeliveryServicer | None = None
         self.rollouts: RolloutEngine | None = None
         self._servers: list[grpc.aio.Server] = []
+        self._check: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
+        """Open the stores, bind both ports and serve. If any of it fails (a port in use, say),
+        what was started is stopped again before the error goes up."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace_s=0)
+            raise
+
+    async def _start(self) -> Endpoints:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(s.data_dir, 0o700)
@@ -114,20 +145,21 @@ class Controller:
         delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(self.delivery, main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.store, self.hub, self.ingest, s.offline_after_ms, profiles=profiles,
-                          releases=self.releases, rollouts=self.rollouts), main)
+                          releases=self.releases, rollouts=self.rollouts,
+                          manifest_public_key=raw_public_key(signing_key)), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
-            PipelineServicer(self.jobs, self.registry, profiles), main)
+            PipelineServicer(self.jobs, self.registry, profiles, blobs), main)
         credentials = grpc.ssl_server_credentials(
             [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
             root_certificates=ca.cert_pem.encode(), require_client_auth=True,
         )
-        port = main.add_secure_port(s.listen, credentials)
+        port = bind(main, "--listen", s.listen, credentials)
 
         bootstrap = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length",
                                                               1024 * 1024)])
         enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(
-            EnrollmentServicer(self.store, ca, raw_public_key(signing_key), profiles), bootstrap)
-        enroll_port = bootstrap.add_insecure_port(s.resolved_enroll_listen)
+            EnrollmentServicer(self.store, ca, signing_key, profiles), bootstrap)
+        enroll_port = bind(bootstrap, "--enroll-listen", s.resolved_enroll_listen)
 
         health_servicer = health.aio.HealthServicer()
         for server in (main, bootstrap):
@@ -141,6 +173,8 @@ class Controller:
             await server.start()
         await self.jobs.start()
         self.rollouts.start()
+        # cheap (sizes only), logged, and off the event loop: a large registry delays nothing
+        self._check = asyncio.create_task(asyncio.to_thread(log_damaged, self.registry, blobs))
 
         enroll_host, _ = split_address("--enroll-listen", s.resolved_enroll_listen)
         endpoints = Endpoints(
@@ -173,6 +207,8 @@ class Controller:
         """Graceful: streams are told to end, in-flight calls get ``grace_s`` to finish, and
         everything acknowledged is already committed. Running jobs' workers are stopped and
         the jobs queued again, to resume at the next start."""
+        if self._check is not None:
+            await self._check  # the start-up check: closing the registry under it would fail it
         if self.rollouts is not None:
             await self.rollouts.stop()
         self.hub.close_all("controller shutting down")

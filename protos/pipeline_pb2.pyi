@@ -347,3 +347,37 @@ class ListProfilesResponse(_message.Message):
     PROFILES_FIELD_NUMBER: _ClassVar[int]
     profiles: _containers.RepeatedCompositeFieldContainer[DeviceProfile]
     def __init__(self, profiles: _Optional[_Iterable[_Union[DeviceProfile, _Mapping]]] = ...) -> None: ...
+
+class VerifyModelsRequest(_message.Message):
+    __slots__ = ("sizes_only",)
+    SIZES_ONLY_FIELD_NUMBER: _ClassVar[int]
+    sizes_only: bool
+    def __init__(self, sizes_only: _Optional[bool] = ...) -> None: ...
+
+class DamagedFile(_message.Message):
+    __slots__ = ("kind", "path", "variant", "file", "problem", "repair")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    path: str
+    variant: str
+    file: str
+    problem: str
+    repair: str
+    def __init__(self, kind: _Optional[str] = ..., path: _Optional[str] = ..., variant: _Optional[str] = ..., file: _Optional[str] = ..., problem: _Optional[str] = ..., repair: _Optional[str] = ...) -> None: ...
+
+class VerifyModelsResponse(_message.Message):
+    __slots__ = ("variants", "files", "blobs", "damaged")
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    variants: int
+    files: int
+    blobs: int
+    damaged: _containers.RepeatedCompositeFieldContainer[DamagedFile]
+    def __init__(self, variants: _Optional[int] = ..., files: _Optional[int] = ..., blobs: _Optional[int] = ..., damaged: _Optional[_Iterable[_Union[DamagedFile, _Mapping]]] = ...) -> None: ...

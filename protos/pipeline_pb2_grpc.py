@@ -84,6 +84,11 @@ class PipelineServiceStub:
                 request_serializer=protos_dot_pipeline__pb2.ListProfilesRequest.SerializeToString,
                 response_deserializer=protos_dot_pipeline__pb2.ListProfilesResponse.FromString,
                 _registered_method=True)
+        self.VerifyModels = channel.unary_unary(
+                '/slmops.v1.PipelineService/VerifyModels',
+                request_serializer=protos_dot_pipeline__pb2.VerifyModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_pipeline__pb2.VerifyModelsResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -158,6 +163,14 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyModels(self, request, context):
+        """Checks every variant's files in the registry against the size and sha256 recorded when it
+        was built, and every stored blob against its name; reports what is damaged or missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +223,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.ListProfiles,
                     request_deserializer=protos_dot_pipeline__pb2.ListProfilesRequest.FromString,
                     response_serializer=protos_dot_pipeline__pb2.ListProfilesResponse.SerializeToString,
+            ),
+            'VerifyModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyModels,
+                    request_deserializer=protos_dot_pipeline__pb2.VerifyModelsRequest.FromString,
+                    response_serializer=protos_dot_pipeline__pb2.VerifyModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +500,33 @@ class PipelineService:
             '/slmops.v1.PipelineService/ListProfiles',
             protos_dot_pipeline__pb2.ListProfilesRequest.SerializeToString,
             protos_dot_pipeline__pb2.ListProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.PipelineService/VerifyModels',
+            protos_dot_pipeline__pb2.VerifyModelsRequest.SerializeToString,
+            protos_dot_pipeline__pb2.VerifyModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,6 +26,7 @@ from agent.delivery.manifest import Manifest, ManifestRefused, verify
 from agent.identity import Identity
 from controller.build.check import GOLDEN_ROWS, metrics_from
 from controller.delivery.blobs import BlobStore
+from controller.registry.variant_files import VariantFile
 from controller.store import open_store, sqlite_url
 from controller.validation import Invalid
 from protos import admin_pb2, delivery_pb2, delivery_pb2_grpc, fleet_pb2
@@ -435,14 +436,23 @@ def test_bad_bundle_requests_are_refused_naming_the_field(
 def test_blob_store_names_files_by_sha256_only_and_stores_each_once(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     shared = b'{"vocab": 400}'
-    first = store.ingest_dir(_variant_dir(tmp_path / "a", b"weights-a", shared))
-    second = store.ingest_dir(_variant_dir(tmp_path / "b", b"weights-b", shared))
-    assert store.ingest_dir(tmp_path / "a") == first  # idempotent
+
+    def recorded(directory: Path) -> list[VariantFile]:
+        return [VariantFile(p.name, p.stat().st_size, _sha(p.read_bytes()))
+                for p in sorted(directory.iterdir())]
+
+    a = _variant_dir(tmp_path / "a", b"weights-a", shared)
+    first = store.ingest(a, recorded(a), "variant a")
+    b = _variant_dir(tmp_path / "b", b"weights-b", shared)
+    second = store.ingest(b, recorded(b), "variant b")
+    assert store.ingest(a, recorded(a), "variant a") == first  # idempotent
     assert [f.path for f in first] == ["genai_config.json", "model.onnx", "tokenizer.json"]
     tokenizer = {f.sha256 for f in first + second if f.path == "tokenizer.json"}
     assert tokenizer == {_sha(shared)}
     stored = sorted(p for p in (tmp_path / "blobs" / "sha256").rglob("*") if p.is_file())
     assert len(stored) == 4 and all(p.name == _sha(p.read_bytes()) for p in stored)  # 2 shared
+    # a copy, never a second name for the registry's file
+    assert all(os.stat(p).st_nlink == 1 for p in stored)
     assert store.has(_sha(shared)) and store.size(_sha(shared)) == len(shared)
     for bad in ("../../etc/passwd", "A" * 64, "0" * 63, ""):
         with pytest.raises(Invalid, match="sha256"):

@@ -7,12 +7,14 @@ most 1 s, offline after 2 s), so each test takes seconds. See tests/procs.py for
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from procs import Agent, ProcessHarness, seqs_stored_twice, stored_seqs
+from procs import SLMOPS, Agent, ProcessHarness, seqs_stored_twice, stored_seqs
 
 pytestmark = pytest.mark.integration
 
@@ -210,9 +212,9 @@ def test_removed_device_is_refused_and_agent_exits_with_a_clear_message(
 
 def _wrong_secret(procs: ProcessHarness) -> str:
     token = procs.create_token("site=lab")["token"]
-    token_id, secret = token.split(".")
+    token_id, secret, fingerprint = token.split(".")
     swapped = "A" if secret[0] != "A" else "B"  # still a well-formed token
-    return f"{token_id}.{swapped}{secret[1:]}"
+    return f"{token_id}.{swapped}{secret[1:]}.{fingerprint}"
 
 
 def _revoked(procs: ProcessHarness) -> str:
@@ -261,3 +263,17 @@ def test_bad_tokens_are_refused_with_the_reason(
     after = procs.devices(include_removed=True)
     assert [d["id"] for d in after] == [d["id"] for d in before], after
     assert "refused" not in {d["name"] for d in after}
+
+
+def test_second_controller_on_a_port_in_use_exits_with_a_clear_error_and_the_first_keeps_serving(
+        procs: ProcessHarness) -> None:
+    first = procs.start_controller()
+    argv = [str(SLMOPS), "controller", "start", "--data-dir", str(procs.root / "second"),
+            "--listen", f"127.0.0.1:{first.port}", "--enroll-listen", "127.0.0.1:0", "--json"]
+    done = subprocess.run(argv, env=procs.env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode != 0, done.stdout + done.stderr
+    message = json.loads(done.stdout)["error"]["message"]
+    assert f"--listen: can't bind 127.0.0.1:{first.port}: the address is in use" in message
+    assert "\n" not in message and "choose another --listen" in message
+    assert procs.cli("devices", "list")["devices"] == []  # the first one still answers

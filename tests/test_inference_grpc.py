@@ -216,3 +216,10 @@ def test_grpc_beside_the_http_server_shares_its_pool_metrics_and_telemetry(
         served.run(http.stop())
     finally:
         served.close()
+
+
+def test_second_grpc_server_on_a_port_in_use_is_refused_naming_the_address(served: Served) -> None:
+    address = f"127.0.0.1:{served.server.port}"
+    with pytest.raises(ValueError, match=f"--grpc-listen: can't listen on '{address}'"):
+        served.run(start_grpc_inference(served.slot, served.pool, address, served.metrics))
+    assert served.generate(Req(prompt="hi", max_tokens=2))  # the first one still serves

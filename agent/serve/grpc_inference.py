@@ -154,7 +154,9 @@ async def start_grpc_inference(slot: ModelSlot, pool: GenerationPool, listen: st
                                metrics: ServeMetrics | None = None) -> GrpcInferenceServer:
     """Serve InferenceService on ``listen`` (HOST:PORT; port 0 picks one). Raises ValueError
     naming --grpc-listen if the address can't be bound. The caller owns ``pool``."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    # no SO_REUSEPORT (gRPC's default): a second server on a port in use must fail, not share it
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                                      ("grpc.so_reuseport", 0)])
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(slot, pool, metrics), server)
     try:

@@ -185,3 +185,34 @@ def compare(obj: dict, refs: tuple[str, ...], evaluation: str, as_json: bool) ->
     rows = [base] + [comparison_row(m, _metrics_of(m, evaluation), base) for m in found[1:]]
     emit({"baseline": base["model"], "metrics": evaluation or "registered", "models": rows},
          as_json, _compare_table)
+
+
+@models.command("verify")
+@click.option("--sizes-only", is_flag=True,
+              help="check only the sizes of the registry's files (fast); by default every byte "
+                   "of every variant file and every blob is hashed")
+@json_option
+@click.pass_obj
+def verify(obj: dict, sizes_only: bool, as_json: bool) -> None:
+    """Check every variant's files against the size and sha256 recorded when it was built, and
+    every stored blob against its name. Exits 1 if anything is damaged or missing, saying how
+    to repair each."""
+    client = PipelineClient(obj["config"])
+    r = client.call(client.pipeline.VerifyModels, pipeline_pb2.VerifyModelsRequest(sizes_only=sizes_only))
+    damaged = [{"kind": d.kind, "path": d.path, "variant": d.variant, "file": d.file,
+                "problem": d.problem, "repair": d.repair} for d in r.damaged]
+    data = {"ok": not damaged, "sizes_only": sizes_only, "variants": r.variants, "files": r.files,
+            "blobs": r.blobs, "damaged": damaged}
+
+    def human(d: dict[str, Any]) -> None:
+        what = f"{d['variants']} variants ({d['files']} files)" + (
+            "" if d["sizes_only"] else f" and {d['blobs']} blobs")
+        if d["ok"]:
+            console.print(f"[green]ok[/green]: {what} match what was recorded", highlight=False)
+            return
+        table(f"damaged or missing ({len(d['damaged'])}) of {what}", ["kind", "file", "problem", "repair"],
+              [[x["kind"], x["path"], x["problem"], x["repair"]] for x in d["damaged"]])
+
+    emit(data, as_json, human)
+    if damaged:
+        raise SystemExit(1)

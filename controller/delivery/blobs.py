@@ -3,35 +3,73 @@ under ``DATA_DIR/blobs/sha256/<first 2 hex>/<sha256>``.
 
 A file is named by nothing but its validated sha256, so a string from the wire never becomes a
 path, and two variants that share a file (a tokenizer, base weights) share its blob: a device
-that has it fetches it no more. Files are placed by hard link from the registry's variant
-directory (the registry only ever renames whole directories into place, never writes a placed
-file), or copied where a link is not possible, always under a temporary name renamed into place.
-A blob already present is not written again.
+that has it fetches it no more.
 
-The bytes are served as stored: the agent checks each file's hash, so a damaged blob is caught
-on the device, never repaired in passing here.
+The sha256 of each file is the one the registry recorded when the variant was registered
+(controller/registry/variant_files.py); nothing here derives a trusted hash from stored bytes.
+A blob is made as a copy of the registry's file (a reflink where the filesystem can share
+extents, never a hard link: a blob must not be a second name for the registry's inode), under
+a temporary name, and renamed into place only if its bytes hash to the recorded sha256. Each
+issue checks both the registry's file and the blob against it again: a file is hashed anew
+when its inode, size, mtime or ctime changed (any write changes the ctime), and a mismatch
+refuses the release naming the file and the repair. A byte that rots without any write is
+caught by the device (it checks every file against the signed manifest) and by
+`slmops models verify`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
 import stat
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from agent.delivery.manifest import MAX_FILES, SHA256_RE, FileEntry, ManifestRefused, check_relative_path
 from controller.validation import Invalid
 
 _CHUNK = 1 << 20
-_CACHE_LIMIT = 4096  # hashes remembered by (inode, size, mtime)
+_CACHE_LIMIT = 4096  # files remembered as checked, by (inode, size, mtime, ctime)
 
-_StatKey = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+_StatKey = tuple[int, int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
 
 
 class BlobError(RuntimeError):
     """A variant directory that can't be put into the blob store; the message says why."""
+
+
+class Recorded(Protocol):
+    """A file as the registry recorded it (registry/variant_files.py: VariantFile)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+class SourceDamaged(BlobError):
+    """The registry's copy of a file no longer matches its recorded size and sha256."""
+
+    def __init__(self, source: Path, file: Recorded, what: str) -> None:
+        super().__init__(f"{file.path} of {what} ({source}) does not match the sha256 recorded when "
+                         "it was built: the file is damaged on disk")
+        self.source, self.file = source, file
+
+
+class BlobDamaged(BlobError):
+    """A stored blob no longer matches the sha256 it is named by."""
+
+    def __init__(self, blob: Path, file: Recorded, what: str) -> None:
+        super().__init__(f"the stored blob of {file.path} of {what} ({blob}) does not match its "
+                         f"sha256: it is damaged on disk; remove it (`rm {blob}`) and assign again, "
+                         "it is then copied afresh from the registry's checked copy")
+        self.blob, self.file = blob, file
 
 
 def check_sha256(value: str, field_name: str = "sha256") -> str:
@@ -43,7 +81,7 @@ def check_sha256(value: str, field_name: str = "sha256") -> str:
 
 
 def _key(st: os.stat_result) -> _StatKey:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class BlobStore:
@@ -53,9 +91,9 @@ class BlobStore:
         self._dir.mkdir(parents=True, exist_ok=True)
         self.scratch_dir = self.root / "tmp"  # for files made from blobs (bundles)
         self.scratch_dir.mkdir(exist_ok=True)
-        # A re-assignment of the same variant need not read its files again: their hash is
-        # remembered by inode, size and modification time (any write changes the latter).
-        self._hashes: dict[_StatKey, str] = {}
+        # A re-assignment of the same variant need not read its files again: a file found to
+        # match its recorded sha256 is remembered by inode, size, mtime and ctime.
+        self._verified: dict[_StatKey, str] = {}
         self._lock = threading.Lock()
 
     def path(self, sha256: str) -> Path:
@@ -70,85 +108,105 @@ class BlobStore:
         """The blob's size in bytes; FileNotFoundError if it is not stored."""
         return self.path(sha256).stat().st_size
 
-    def ingest_dir(self, variant_dir: Path) -> list[FileEntry]:
-        """Every file under ``variant_dir``, stored as a blob, as manifest entries sorted by path."""
-        variant_dir = Path(variant_dir)
-        if not variant_dir.is_dir():
-            raise BlobError(f"variant directory {variant_dir} is missing; rebuild the variant")
+    def ingest(self, source_dir: Path, files: Sequence[Recorded], what: str) -> list[FileEntry]:
+        """Every recorded file of the variant in ``source_dir`` as a blob, checked against its
+        recorded size and sha256, as manifest entries sorted by path. BlobDamaged or
+        SourceDamaged (naming the file; ``what`` says whose it is) on any mismatch."""
+        if not files:
+            raise BlobError(f"{what} has no recorded files; rebuild the variant")
+        if len(files) > MAX_FILES:
+            raise BlobError(f"{what} has {len(files)} files; a manifest carries at most {MAX_FILES}")
         entries = []
-        for path in sorted(p for p in variant_dir.rglob("*") if not p.is_dir()):
-            relative = path.relative_to(variant_dir).as_posix()
+        for file in sorted(files, key=lambda f: f.path):
             try:
-                check_relative_path(relative, "file")
+                check_relative_path(file.path, "file")
             except ManifestRefused as e:
-                raise BlobError(f"variant {variant_dir}: {e}; a manifest can't carry it") from None
-            sha, size = self.ingest_file(path)
-            entries.append(FileEntry(relative, size, sha))
-        if not entries:
-            raise BlobError(f"variant directory {variant_dir} has no files; rebuild the variant")
-        if len(entries) > MAX_FILES:
-            raise BlobError(f"variant {variant_dir} has {len(entries)} files; a manifest carries at "
-                            f"most {MAX_FILES}")
+                raise BlobError(f"{what}: {e}; a manifest can't carry it") from None
+            check_sha256(file.sha256)
+            self._ingest_one(Path(source_dir) / file.path, file, what)
+            entries.append(FileEntry(file.path, file.size_bytes, file.sha256))
         return entries
 
-    def ingest_file(self, source: Path) -> tuple[str, int]:
-        """(sha256, size) of ``source``, stored as a blob if it is not there yet."""
-        st = os.stat(source, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
-            raise BlobError(f"{source} is not a regular file (a link or a device?); a variant holds "
-                            "plain files only")
-        with self._lock:
-            sha = self._hashes.get(_key(st))
-        if sha is None:
-            sha, st = self._hash(source)
-        final = self.path(sha)
-        try:
-            if final.stat().st_size == st.st_size:
-                return sha, st.st_size  # stored before
-        except FileNotFoundError:
-            pass
+    def _ingest_one(self, source: Path, file: Recorded, what: str) -> None:
+        if self._differs(source, file):
+            raise SourceDamaged(source, file, what)
+        final = self.path(file.sha256)
+        if final.exists():
+            if self._differs(final, file):
+                raise BlobDamaged(final, file, what)
+            return
         final.parent.mkdir(exist_ok=True)
-        tmp = final.parent / f".{sha}.{secrets.token_hex(4)}.tmp"
+        tmp = final.parent / f".{file.sha256}.{secrets.token_hex(4)}.tmp"
         try:
-            try:
-                os.link(source, tmp)
-                linked = os.stat(tmp)
-                if _key(linked) != _key(st):  # replaced or rewritten since it was hashed
-                    tmp.unlink()
-                    raise OSError("changed since hashed")
-            except OSError:
-                self._copy(source, tmp, sha)
+            _copy_or_clone(source, tmp)
+            if self._differs(tmp, file):  # the source changed while it was copied
+                raise SourceDamaged(source, file, what)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return sha, st.st_size
 
-    def _hash(self, source: Path) -> tuple[str, os.stat_result]:
+    def _differs(self, path: Path, file: Recorded) -> str:
+        """"" if ``path`` is a regular file with the recorded size and sha256 (hashed unless it
+        was found so before and has not been written since), else what differs."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return "missing"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size != file.size_bytes:
+            return f"{st.st_size} bytes, recorded {file.size_bytes}"
+        key = _key(st)
+        with self._lock:
+            if self._verified.get(key) == file.sha256:
+                return ""
         digest = hashlib.sha256()
-        with open(source, "rb") as f:
-            before = os.fstat(f.fileno())
+        with open(path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
-            after = os.fstat(f.fileno())
-        if _key(before) != _key(after):
-            raise BlobError(f"{source} changed while it was read; try again")
-        sha = digest.hexdigest()
+            if _key(os.fstat(f.fileno())) != key:
+                return "changed while it was read"
+        if digest.hexdigest() != file.sha256:
+            return "sha256 differs"
         with self._lock:
-            if len(self._hashes) >= _CACHE_LIMIT:
-                self._hashes.clear()
-            self._hashes[_key(after)] = sha
-        return sha, after
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.clear()
+            self._verified[key] = file.sha256
+        return ""
 
-    @staticmethod
-    def _copy(source: Path, tmp: Path, sha: str) -> None:
-        """Copy ``source`` to ``tmp``, hashing the very bytes written."""
-        digest = hashlib.sha256()
-        with open(source, "rb") as src, open(tmp, "xb") as dst:
+    def count(self) -> int:
+        return sum(1 for p in self._dir.glob("*/*") if not p.name.startswith("."))
+
+    def damaged(self) -> Iterator[tuple[Path, str]]:
+        """(blob, what is wrong) for every stored blob whose bytes don't hash to its name."""
+        for path in sorted(self._dir.glob("*/*")):
+            if path.name.startswith("."):
+                continue  # a copy under way
+            if not SHA256_RE.match(path.name):
+                yield path, "not named by a sha256"
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != path.name:
+                yield path, "sha256 differs from its name"
+
+
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, bcachefs...)
+
+
+def _copy_or_clone(source: Path, target: Path) -> None:
+    """``target``, a new file with ``source``'s bytes: a reflink where the filesystem offers it
+    (no bytes copied; a later write to either file unshares them), else a plain copy. Python
+    has no reflink call of its own, hence the ioctl; shutil would fall back to sendfile, which
+    is a copy too, so the copy below is as fast."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except OSError:  # EOPNOTSUPP, EXDEV, EINVAL: no reflink here
             while chunk := src.read(_CHUNK):
-                digest.update(chunk)
                 dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if digest.hexdigest() != sha:
-            raise BlobError(f"{source} changed while it was stored; try again")
+        dst.flush()
+        os.fsync(dst.fileno())

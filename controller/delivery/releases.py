@@ -26,7 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.delivery.manifest import MAX_GOLDEN, FileEntry, Gate, Manifest, sign
 from controller.build.profiles import DeviceProfile, ProfileSet
 from controller.delivery.blobs import BlobError, BlobStore, check_sha256
+from controller.delivery.integrity import deliverable_files
 from controller.registry import ModelRegistry, NotDeployable, VariantRecord
+from controller.registry.variant_files import DamagedVariant
 from controller.store.base import DeviceRecord, FleetStore, NotFound, ReleaseRecord
 from controller.validation import Invalid
 
@@ -244,7 +246,7 @@ class Releases:
 
     def _ingest(self, variant: VariantRecord) -> list[FileEntry]:
         try:
-            return self._blobs.ingest_dir(self._registry.variant_path(variant))
-        except (BlobError, OSError) as e:
+            return deliverable_files(self._registry, self._blobs, variant)  # checked against the registry
+        except (BlobError, DamagedVariant, OSError) as e:
             raise ReleaseRefused(f"the {variant.profile} variant of {variant.model_ref} can't be "
                                  f"delivered: {e}") from None

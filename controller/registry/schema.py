@@ -75,3 +75,20 @@ variants = Table(
     UniqueConstraint("name", "version", "profile", name="uq_variants_model_profile"),
     Index("ix_variants_job", "job_id"),
 )
+
+# Every file of a variant as it was when the variant was registered: its path in the variant's
+# directory, size and sha256. The truth a release is issued from (controller/delivery/): a file
+# whose bytes no longer match is never delivered. Rows of a variant registered before this
+# table existed are filled in once, on first use, and only if the files still match the
+# variant's recorded digest (registry/variant_files.py).
+variant_files = Table(
+    "variant_files",
+    metadata,
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    PrimaryKeyConstraint("name", "version", "profile", "path", name="pk_variant_files"),
+)

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from controller.registry import variant_files as vfiles
 from controller.registry.database import Database
 from controller.registry.records import (
     MODEL_KINDS,
@@ -323,6 +324,7 @@ class ModelRegistry:
                                path=relative, metrics=entry.metrics, build=entry.build, created_at_ms=now,
                                job_id=job_id)
         replace_row(conn, record)
+        vfiles.write(conn, record, vfiles.from_listing(copy.listing))
         return record
 
     @staticmethod
@@ -431,6 +433,28 @@ class ModelRegistry:
         (a NotFound) saying why there is none: never built, or failed (with its reason)."""
         record = self.get(ref)
         return deployable(self.variants(record.ref), record.ref, profile)
+
+    def all_variants(self) -> list[VariantRecord]:
+        with self._db.read() as conn:
+            return [variant_record(r) for r in conn.execute(
+                select(variants).order_by(variants.c.name, variants.c.version, variants.c.profile))]
+
+    def variant_files(self, variant: VariantRecord) -> list[vfiles.VariantFile]:
+        """The variant's files as recorded when it was registered, by path. For a variant
+        registered before files were recorded one by one, they are recovered once from disk
+        if they still match its recorded digest (DamagedVariant if not); see variant_files.py."""
+        with self._db.read() as conn:
+            found = vfiles.read(conn, variant)
+        if found:
+            return found
+        recovered = vfiles.recover(self.variant_path(variant), variant)
+        with self._db.write() as conn:
+            current = conn.execute(select(variants.c.sha256).where(
+                variants.c.name == variant.name, variants.c.version == variant.version,
+                variants.c.profile == variant.profile)).scalar()
+            if current == variant.sha256 and not vfiles.read(conn, variant):  # not rebuilt meanwhile
+                vfiles.write(conn, variant, recovered)
+        return sorted(recovered, key=lambda f: f.path)
 
     def variant_path(self, variant: VariantRecord) -> Path:
         """The variant's directory, from its checked name, integer version and profile only."""

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from agent.delivery.bundle import BundleError, write_bundle
-from agent.enrollment_proof import verifier_of
+from agent.enrollment_proof import format_token, verifier_of
 from agent.telemetry.catalog import METRICS
 from controller import validation
 from controller.build.profiles import ProfileSet, builtin_profiles
@@ -71,8 +71,9 @@ def _model_ref(value: str) -> str:
 class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, store: FleetStore, hub: Hub, ingest: IngestWriter, offline_after_ms: int,
                  profiles: ProfileSet | None = None, releases: Releases | None = None,
-                 rollouts: RolloutEngine | None = None) -> None:
+                 rollouts: RolloutEngine | None = None, *, manifest_public_key: bytes) -> None:
         self._store, self._hub, self._ingest = store, hub, ingest
+        self._manifest_public_key = manifest_public_key  # its fingerprint goes into every token
         self._offline_after_ms = offline_after_ms
         self._profiles = profiles or builtin_profiles()
         self._delivery = releases  # None: this controller does not deliver models
@@ -97,13 +98,15 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         max_uses = validation.int_range("max_uses", request.max_uses or 1, 1, 100_000)
         secret = secrets.token_urlsafe(24)
         now = now_ms()
+        token_id = "t-" + secrets.token_hex(6)
         token = TokenRecord(
-            id="t-" + secrets.token_hex(6), verifier=verifier_of(secret), labels=labels,
+            id=token_id, verifier=verifier_of(token_id, secret), labels=labels,
             created_at_ms=now, expires_at_ms=now + request.ttl_ms, max_uses=max_uses,
         )
         await self._ingest.run_in_writer(self._store.create_token, token)
         return admin_pb2.CreateTokenResponse(
-            token=token_to_proto(token), secret_token=f"{token.id}.{secret}"
+            token=token_to_proto(token),
+            secret_token=format_token(token.id, secret, self._manifest_public_key)
         )
 
     @maps_errors

@@ -18,6 +18,8 @@ import grpc
 
 from controller import validation
 from controller.build.profiles import DeviceProfile, ProfileError, ProfileSet, builtin_profiles
+from controller.delivery.blobs import BlobStore
+from controller.delivery.integrity import verify
 from controller.jobs import STATUSES, JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
 from controller.jobs.store import check_job_id
 from controller.pipeline.jsonl import DataError, read_jsonl
@@ -115,8 +117,9 @@ async def _receive(requests: AsyncIterator[Any], upload: Upload) -> dict[str, st
 
 class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def __init__(self, manager: JobManager, registry: ModelRegistry,
-                 profiles: ProfileSet | None = None) -> None:
+                 profiles: ProfileSet | None = None, blobs: BlobStore | None = None) -> None:
         self._manager, self._registry = manager, registry
+        self._blobs = blobs  # None: this controller delivers no models
         self._profiles = profiles or builtin_profiles()
 
     def _resolve(self, refs: Sequence[str]) -> dict[str, Path]:
@@ -229,6 +232,16 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     async def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
         await require_admin(context)
         return pipeline_pb2.ListProfilesResponse(profiles=[profile_to_proto(p) for p in self._profiles])
+
+    @_maps_errors
+    async def VerifyModels(self, request, context):  # type: ignore[no-untyped-def]
+        await require_admin(context)
+        if self._blobs is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller delivers no models")
+        report = await asyncio.to_thread(verify, self._registry, self._blobs, full=not request.sizes_only)
+        return pipeline_pb2.VerifyModelsResponse(
+            variants=report["variants"], files=report["files"], blobs=report["blobs"],
+            damaged=[pipeline_pb2.DamagedFile(**p) for p in report["problems"]])
 
     @_maps_errors
     async def BuildModel(self, request_iterator, context):  # type: ignore[no-untyped-def]

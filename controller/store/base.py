@@ -28,7 +28,7 @@ class Conflict(StoreError):
 class TokenRejected(StoreError):
     """The enrollment token can't be used. ``reason`` is one of REASONS."""
 
-    REASONS = ("unknown", "expired", "revoked", "used_up")
+    REASONS = ("unknown", "expired", "revoked", "used_up", "replayed")
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -38,7 +38,9 @@ class TokenRejected(StoreError):
 @dataclass(frozen=True)
 class TokenRecord:
     id: str
-    verifier: bytes  # sha256 of the secret; the secret itself is never stored
+    # b"ed25519:" + the public key the token's secret derives (agent/enrollment_proof.py):
+    # it checks a request's signature but can't make one. The secret itself is never stored.
+    verifier: bytes
     labels: Mapping[str, str]
     created_at_ms: int
     expires_at_ms: int
@@ -186,9 +188,12 @@ class FleetStore(RolloutStore, abc.ABC):
         """Raises NotFound."""
 
     @abc.abstractmethod
-    def enroll_device(self, token_id: str, now_ms: int, device: DeviceRecord) -> DeviceRecord:
-        """In one transaction: check the token (TokenRejected with the reason), count one use,
-        and insert the device with the token's labels under its own (the device's win).
+    def enroll_device(self, token_id: str, now_ms: int, device: DeviceRecord, *,
+                      nonce: bytes = b"", nonce_expires_at_ms: int = 0) -> DeviceRecord:
+        """In one transaction: refuse a ``nonce`` seen before (TokenRejected "replayed") and
+        record it until ``nonce_expires_at_ms``, check the token (TokenRejected with the
+        reason), count one use, and insert the device with the token's labels under its own
+        (the device's win).
         Raises Conflict if an active (not removed) device already has that name."""
 
     # devices

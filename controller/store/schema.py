@@ -58,6 +58,18 @@ tokens = Table(
     Column("revoked", Boolean, nullable=False, default=False),
 )
 
+# Every enrollment request's nonce, kept while a request carrying it could still pass the
+# clock-skew check, so a captured request is refused a second time, after a restart too.
+enrollment_nonces = Table(
+    "enrollment_nonces",
+    metadata,
+    Column("nonce", LargeBinary(64), primary_key=True),
+    Column("token_id", String(64), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Index("ix_enrollment_nonces_expires", "expires_at_ms"),
+)
+
 devices = Table(
     "devices",
     metadata,

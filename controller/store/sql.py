@@ -62,6 +62,7 @@ from controller.store.schema import (
     benchmarks,
     counters,
     devices,
+    enrollment_nonces,
     metadata,
     points,
     release_blobs,
@@ -285,8 +286,18 @@ class SqlFleetStore(SqlRolloutsMixin, FleetStore):
                 )
             return _token(conn.execute(select(tokens).where(where)).one())
 
-    def enroll_device(self, token_id: str, now_ms: int, device: DeviceRecord) -> DeviceRecord:
+    def enroll_device(self, token_id: str, now_ms: int, device: DeviceRecord, *,
+                      nonce: bytes = b"", nonce_expires_at_ms: int = 0) -> DeviceRecord:
         with self._write() as conn:
+            if nonce:
+                conn.execute(delete(enrollment_nonces).where(
+                    enrollment_nonces.c.expires_at_ms < now_ms))
+                seen = conn.execute(select(enrollment_nonces.c.device_id).where(
+                    enrollment_nonces.c.nonce == nonce)).first()
+                if seen is not None:
+                    raise TokenRejected(
+                        "replayed", f"replayed enrollment request (it enrolled device {seen[0]} "
+                        "before); an agent makes a new request each time it enrolls")
             row = conn.execute(
                 select(tokens).where(tokens.c.id == token_id).with_for_update()
             ).first()
@@ -327,6 +338,10 @@ class SqlFleetStore(SqlRolloutsMixin, FleetStore):
             )
             try:
                 conn.execute(insert(devices).values(_device_values(stored)))
+                if nonce:
+                    conn.execute(insert(enrollment_nonces).values(
+                        nonce=nonce, token_id=token_id, device_id=stored.id,
+                        expires_at_ms=nonce_expires_at_ms))
             except IntegrityError as e:  # a concurrent enrollment (PostgreSQL) or a reused id
                 raise Conflict(
                     f"device {device.id} ({device.name!r}) could not be added: its id or name "
