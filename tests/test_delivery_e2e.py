@@ -213,10 +213,12 @@ def test_a_byte_flipped_on_the_controller_is_caught_and_nothing_is_staged(
     agent = agents("edge-1")
     profile = _device(ctl, "edge-1").profile
     ref = _register(ctl, tmp_path, "support", tiny.int4, profile, golden)
-    variant = ctl.controller.registry.deployable_variant(ref, profile)
-    graph = ctl.controller.registry.variant_path(variant) / "model.onnx"
-    release = _assign(ctl, "edge-1", ref)  # the controller hashes its files now
-    with open(graph, "r+b") as f:  # the blob store shares the file's inode
+    release = _assign(ctl, "edge-1", ref)  # the controller checks its files now
+    manifest = json.loads(ctl.controller.store.get_release(release, _device(ctl, "edge-1").id)
+                          .manifest_json)
+    sha = next(f["sha256"] for f in manifest["files"] if f["path"] == "model.onnx")
+    blob = ctl.controller.settings.data_dir / "blobs" / "sha256" / sha[:2] / sha
+    with open(blob, "r+b") as f:  # damaged after the release was signed: only the device can tell
         f.seek(100)
         byte = f.read(1)
         f.seek(100)
