@@ -283,12 +283,6 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     controller: the same signature, profile, release, hash and on-device gate checks as a
     network delivery. Run it while the agent is stopped; the agent serves it when it starts."""
     from agent.datadir_lock import DataDirLock, DataDirLocked
-    from agent.delivery.bundle import BundleError
-    from agent.delivery.manifest import ManifestRefused
-    from agent.delivery.storage import shortage
-    from agent.delivery.updater import NO_SPACE, Updater
-    from agent.engine import ModelSlot
-    from agent.hardware import detect_hardware
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
@@ -307,6 +301,20 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     except DataDirLocked as e:
         _fail(str(e), EXIT_USAGE, as_json)
         return
+    try:
+        _install_bundle_locked(bundle, data_dir, identity, as_json)
+    finally:
+        lock.release()  # the process's life, or one call under click's test runner
+
+
+def _install_bundle_locked(bundle: Path, data_dir: Path, identity: Identity, as_json: bool) -> None:
+    from agent.delivery.bundle import BundleError
+    from agent.delivery.manifest import ManifestRefused
+    from agent.delivery.storage import shortage
+    from agent.delivery.updater import NO_SPACE, Updater
+    from agent.engine import ModelSlot
+    from agent.hardware import detect_hardware
+
     statuses = []
 
     def no_channel():  # type: ignore[no-untyped-def]

@@ -160,7 +160,10 @@ class RunningAgent:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def stop(self) -> None:
-        """Cancel the agent and wait for its clean-up (it releases its data dir's lock)."""
+        """Cancel the agent and wait for its clean-up (it releases its data dir's lock); once."""
+        if not self.loop.is_running():
+            return
+
         async def cancel() -> None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
