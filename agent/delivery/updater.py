@@ -15,7 +15,8 @@ slots.json plus one assignment in the ModelSlot; requests in flight finish on th
 The release being worked on is kept in DATA_DIR/deploy.json (its signed bytes and its phase),
 so a restarted agent picks it up where it was: the blob cache resumes partial downloads, a
 staged slot is reused, and slots.json says which release was live. A release that failed its
-gate is not retried until the controller sends another.
+gate is not retried until the controller sends another; one that failed for want of disk space
+(``insufficient storage``, its partial files deleted) is taken up again by itself once there is room.
 """
 
 from __future__ import annotations
