@@ -282,12 +282,7 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     """Install a model bundle (slmops bundle export) on a device with no network path to the
     controller: the same signature, profile, release, hash and on-device gate checks as a
     network delivery. Run it while the agent is stopped; the agent serves it when it starts."""
-    from agent.delivery.bundle import BundleError
-    from agent.delivery.manifest import ManifestRefused
-    from agent.delivery.updater import Updater
-    from agent.engine import ModelSlot
-    from agent.hardware import detect_hardware
-    from protos import delivery_pb2
+    from agent.datadir_lock import DataDirLock, DataDirLocked
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
@@ -300,6 +295,27 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
               "the bundle's signature is checked against the controller key pinned at enrollment",
               EXIT_USAGE, as_json)
         return
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire("slmops-agent install-bundle")
+    except DataDirLocked as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+        return
+    try:
+        _install_bundle_locked(bundle, data_dir, identity, as_json)
+    finally:
+        lock.release()  # the process's life, or one call under click's test runner
+
+
+def _install_bundle_locked(bundle: Path, data_dir: Path, identity: Identity, as_json: bool) -> None:
+    from agent.delivery.bundle import BundleError
+    from agent.delivery.manifest import ManifestRefused
+    from agent.delivery.storage import shortage
+    from agent.delivery.updater import NO_SPACE, Updater
+    from agent.engine import ModelSlot
+    from agent.hardware import detect_hardware
+    from protos import delivery_pb2
+
     statuses: list[delivery_pb2.DeploymentStatus] = []
 
     def no_channel() -> NoReturn:
@@ -310,6 +326,13 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     try:
         phase = asyncio.run(updater.install_bundle(bundle))
     except (BundleError, ManifestRefused) as e:
+        _fail(f"{bundle}: {e}", EXIT_REFUSED, as_json)
+        return
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            e = shortage(data_dir, bundle.stat().st_size, what=f"to install {bundle.name}",
+                         reserve_bytes=0, then=f"free some space on {data_dir}'s disk and run "
+                                               f"install-bundle again (the disk said: {e})")
         _fail(f"{bundle}: {e}", EXIT_REFUSED, as_json)
         return
     last = statuses[-1] if statuses else None

@@ -10,12 +10,14 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.bench import BenchError, BenchOptions, bench_in_child
+from agent.datadir_lock import DataDirLock, DataDirLocked
 from agent.delivery.channel import DeliveryChannel
 from agent.delivery.updater import Updater
 from agent.engine import ModelSlot
@@ -24,9 +26,10 @@ from agent.files import write_atomic
 from agent.hardware import detect_hardware
 from agent.identity import Identity
 from agent.link import ControllerLink, LinkSettings, backoff_delay, command_result
+from agent.supervise import supervised
 from agent.telemetry.inference import InferenceSampler
 from agent.telemetry.sampler import SystemSampler
-from agent.telemetry.spool import Spool
+from agent.telemetry.spool import Spool, SpoolError
 from protos import common_pb2, fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,10 @@ SERVING_FILE = "serving.json"  # where this agent serves local apps, once it doe
 
 class SettingsError(ValueError):
     pass
+
+
+class DataDirInUse(SettingsError, DataDirLocked):
+    """Another agent process runs on this data dir."""
 
 
 @dataclass(frozen=True)
@@ -217,8 +224,18 @@ class Agent:
         log.info("serving %s on %s/v1 (gRPC %s)", info["model"], self.local.http.url, info["grpc"] or "off")
 
     async def run(self) -> None:
+        lock = DataDirLock(self.settings.data_dir)
+        try:
+            lock.acquire("slmops-agent run")
+        except DataDirLocked as e:
+            raise DataDirInUse(str(e)) from None
+        try:
+            await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
         (s.data_dir / SERVING_FILE).unlink(missing_ok=True)
         hardware = await asyncio.to_thread(detect_hardware, s.data_dir)  # nvidia-smi may hang
         identity = await self.obtain_identity(hardware)
@@ -235,7 +252,8 @@ class Agent:
         await self.ensure_serving()
         self.updater.resume()
         sampler = SystemSampler(s.data_dir)
-        sampling = asyncio.create_task(self._sample(sampler, spool, link))
+        sampling = asyncio.create_task(supervised(
+            "telemetry sampling", lambda: self.sample_forever(sampler, spool, link.notify_new_samples)))
         try:
             await link.run()
         finally:
@@ -248,10 +266,15 @@ class Agent:
             self.slot.unload()
             spool.close()
 
-    async def _sample(self, sampler: SystemSampler, spool: Spool, link: ControllerLink) -> None:
+    async def sample_forever(self, sampler: SystemSampler, spool: Spool,
+                             notify: Callable[[], None]) -> None:
+        """Sample every telemetry interval into the spool. A sample the spool can't store (a
+        full disk) is counted in the spool's dropped_total, which the next stored sample and
+        every heartbeat report, and sampling goes on."""
         interval = self.settings.telemetry_interval_s
         inference = InferenceSampler(lambda: self.serve_metrics)
         next_at = time.monotonic()
+        failing = False
         while True:
             values = sampler.sample()
             values.extend(inference.sample())
@@ -259,7 +282,19 @@ class Agent:
                                                  value=float(spool.pending_count())))
             values.append(common_pb2.MetricValue(metric="spool_dropped_total",
                                                  value=float(spool.dropped_total())))
-            spool.append(int(time.time() * 1000), values)
-            link.notify_new_samples()
-            next_at += interval
+            try:
+                spool.append(int(time.time() * 1000), values)
+            except SpoolError as e:
+                spool.count_lost(1)
+                if not failing:
+                    log.error("telemetry sample lost: %s; counting the losses until it can be "
+                              "stored again", e)
+                failing = True
+            else:
+                if failing:
+                    log.warning("telemetry stored again; %d samples lost in all so far",
+                                spool.dropped_total())
+                failing = False
+                notify()
+            next_at = max(next_at + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))

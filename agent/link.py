@@ -141,6 +141,14 @@ class ControllerLink:
                     raise DeviceRefused(e.details() or e.code().name) from None
             except (TimeoutError, ConnectionError, StreamEnded) as e:
                 self.last_error = str(e) or type(e).__name__
+            except DeviceRefused:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever a dying stream raises, reconnect
+                # grpc.aio raises asyncio.InvalidStateError from call.write once the controller
+                # ended the call, an on_desired_state callback may hit a full disk (OSError):
+                # none of it is a reason for the device to stop serving or go offline for good.
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("the stream to %s failed", self._identity.controller, exc_info=True)
             finally:
                 self.connected = False
             delay = backoff_delay(attempt, self._settings.min_backoff_s,

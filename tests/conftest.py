@@ -51,3 +51,26 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
 
     return tiny_variants(tmp_path_factory)
 # --- end tiny ----------------------------------------------------------------------------------
+
+
+# --- small_disk: a tmpfs of a few MB, to fill up (needs root; skipped otherwise) --------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 32 MB tmpfs of its own, unmounted at teardown. Request it before
+    ``procs`` so the processes using it are killed before it is unmounted."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the full-disk tests run as root in CI")
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32M", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"can't mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+# --- end small_disk ----------------------------------------------------------------------------

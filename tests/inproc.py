@@ -149,7 +149,9 @@ class RunningAgent:
             "token": ctl.token(), "name": name, "telemetry_interval_s": 0.2,
             "link": LinkSettings(heartbeat_interval_s=0.5, min_backoff_s=0.1, max_backoff_s=1.0),
             **settings}))
-        self.future = asyncio.run_coroutine_threadsafe(self.agent.run(), self.loop)
+        async def start() -> asyncio.Task[None]:
+            return asyncio.create_task(self.agent.run())
+        self.task = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` run on the agent's event loop; its result."""
@@ -158,9 +160,14 @@ class RunningAgent:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.future.cancel)
+        """Cancel the agent and wait for its clean-up (it releases its data dir's lock); once."""
+        if not self.loop.is_running():
+            return
+
+        async def cancel() -> None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         try:
-            self.future.result(15)
-        except BaseException:  # noqa: BLE001 - cancelled is the expected end
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
+            asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)

@@ -195,6 +195,11 @@ BAD = [
      "invalid_value"),
     ("stream-not-bool", "/v1/chat/completions", _chat(stream="yes"), 400, "stream", "invalid_value"),
     ("too-large", "/v1/chat/completions", b"x" * (5 << 20), 413, None, "request_too_large"),
+    ("nested-100000-deep", "/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000, 400, None,
+     "invalid_json"),
+    ("nested-100000-deep-inside", "/v1/chat/completions",
+     b'{"model": "support", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None,
+     "invalid_json"),
 ]
 
 
@@ -209,6 +214,24 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
     assert (error["param"], error["code"]) == (param, code) and error["message"]
     assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
     assert ask(served).choices[0].message.content == greedy(served, PROMPT).text
+
+
+def test_a_body_nested_100000_deep_gets_a_400_saying_so(served: ServerThread) -> None:
+    got, _, raw = http(served, "/v1/completions", b"[" * 100_000 + b"]" * 100_000)
+    assert got == 400, raw
+    assert "nested too deeply" in json.loads(raw)["error"]["message"]
+
+
+@pytest.mark.parametrize("max_tokens", [2**62 + 1, 2**63, 10**30])
+def test_a_huge_max_tokens_is_told_the_models_real_context_length(served: ServerThread,
+                                                                   max_tokens: int) -> None:
+    context = served.slot.get().engine.info.context_length
+    got, _, raw = http(served, "/v1/chat/completions", _chat(max_tokens=max_tokens))
+    assert got == 400, raw
+    error = json.loads(raw)["error"]
+    assert (error["param"], error["code"]) == ("max_tokens", "context_length_exceeded")
+    assert f"context is {context} tokens" in error["message"], error["message"]
+    assert str(2**62) not in error["message"]
 
 
 def test_the_openai_client_raises_its_own_errors_for_ours(served: ServerThread) -> None:

@@ -7,6 +7,7 @@ goes back to the previous slot. (Killed processes: test_delivery_processes.py.)"
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -227,6 +228,29 @@ def test_a_byte_flipped_on_the_controller_is_caught_and_nothing_is_staged(
     assert "hash mismatch" in deployment.reason
     assert not (agent.data_dir / "models" / f"r{release}").exists()
     assert deployment.active_release == 0
+
+
+def test_download_progress_never_passes_the_total_while_a_blob_is_fetched_again(
+        ctl: RunningController, agents, tiny, golden, tmp_path: Path) -> None:
+    """A blob whose hash does not match is dropped and fetched again (three times in all): the
+    progress reported meanwhile counts what is on disk, never more than the release's size."""
+    agent = agents("edge-1", download_bytes_per_s=4e6)
+    padded = variants.copy_variant(tiny.int4, tmp_path / "padded")
+    (padded / "extra-weights.bin").write_bytes(os.urandom(3 * 2**20))
+    ref = _register(ctl, tmp_path, "support", padded, _device(ctl, "edge-1").profile, golden)
+    variant = ctl.controller.registry.deployable_variant(ref, _device(ctl, "edge-1").profile)
+    release = _assign(ctl, "edge-1", ref)  # the controller hashes its files now
+    with open(ctl.controller.registry.variant_path(variant) / "extra-weights.bin", "r+b") as f:
+        f.seek(2**20)
+        byte = f.read(1)
+        f.seek(2**20)
+        f.write(bytes([byte[0] ^ 0xFF]))  # the blob store shares the file's inode
+    assert "hash mismatch" in _phase(ctl, "edge-1", release, "failed").reason
+    reports = [s for s in agent.call(lambda: list(agent.agent.updater.history))
+               if s.release == release and s.phase == "downloading" and s.bytes_total]
+    assert len(reports) >= 2, reports  # it took seconds: progress was reported on the way
+    over = [(s.bytes_done, s.bytes_total) for s in reports if s.bytes_done > s.bytes_total]
+    assert not over, f"progress past the total: {over}"
 
 
 def test_a_full_disk_fails_with_the_numbers(ctl: RunningController, agents, tiny, golden,

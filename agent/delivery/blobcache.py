@@ -67,6 +67,15 @@ class BlobCache:
             seen.add(entry.sha256)
         return out
 
+    def complete(self) -> set[str]:
+        """The sha256 of every complete blob in the cache."""
+        return {e.name for e in os.scandir(self.root) if SHA256_RE.match(e.name) and e.is_file()}
+
+    def remove(self, shas: Iterable[str]) -> None:
+        """Delete these complete blobs (a staged slot's hardlinks keep their bytes)."""
+        for sha in shas:
+            self.path(sha).unlink(missing_ok=True)
+
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
@@ -122,14 +131,18 @@ class BlobCache:
         part = self._part(sha)
         part.unlink(missing_ok=True)
         left = size
-        with open(part, "wb") as out:
-            while left > 0:
-                data = source.read(min(READ_BYTES, left))
-                if not data:
-                    break
-                out.write(data)
-                left -= len(data)
-        return self.finish(sha, size)
+        try:
+            with open(part, "wb") as out:
+                while left > 0:
+                    data = source.read(min(READ_BYTES, left))
+                    if not data:
+                        break
+                    out.write(data)
+                    left -= len(data)
+            return self.finish(sha, size)
+        except BaseException:  # a full disk, a cut bundle: the half-copied file frees its space
+            part.unlink(missing_ok=True)
+            raise
 
     def drop_partial(self, sha: str) -> None:
         """Forget the bytes of an unfinished download (the next one starts from 0)."""

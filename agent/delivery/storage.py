@@ -49,9 +49,23 @@ def check_space(path: Path, need_bytes: int, *, what: str, reserve_bytes: int = 
     free = shutil.disk_usage(where).free
     if need_bytes == 0 or free - reserve_bytes >= need_bytes:
         return
+    raise shortage(path, need_bytes, what=what, reserve_bytes=reserve_bytes, free_bytes=free,
+                   then="free some space there and assign the model again")
+
+
+def has_room(path: Path, need_bytes: int, reserve_bytes: int = DEFAULT_RESERVE) -> bool:
+    """Would ``need_bytes`` more fit on the file system of ``path``, ``reserve_bytes`` kept free?"""
+    return need_bytes <= 0 or shutil.disk_usage(existing_parent(path)).free - reserve_bytes >= need_bytes
+
+
+def shortage(path: Path, need_bytes: int, *, what: str, reserve_bytes: int = DEFAULT_RESERVE,
+             free_bytes: int | None = None, then: str) -> InsufficientStorage:
+    """The InsufficientStorage that says ``need_bytes`` more are needed ``what`` and how much is
+    free on the file system of ``path`` now; ``then`` says what happens or what to do next."""
+    where = existing_parent(path)
+    free = shutil.disk_usage(where).free if free_bytes is None else free_bytes
     margin = f", of which {format_bytes(reserve_bytes)} are kept in reserve" if reserve_bytes else ""
-    raise InsufficientStorage(
-        f"insufficient storage: need {format_bytes(need_bytes)} more {what}, {format_bytes(free)} free "
-        f"on {where} ({need_bytes} bytes needed, {free} free{margin}); free some space there and "
-        "assign the model again",
+    return InsufficientStorage(
+        f"insufficient storage: need {format_bytes(need_bytes)} more {what}, have {format_bytes(free)} free "
+        f"on {where} ({need_bytes} bytes needed, {free} free{margin}); {then}",
         need_bytes=need_bytes, free_bytes=free, reserve_bytes=reserve_bytes, path=where)

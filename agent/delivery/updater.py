@@ -15,7 +15,8 @@ slots.json plus one assignment in the ModelSlot; requests in flight finish on th
 The release being worked on is kept in DATA_DIR/deploy.json (its signed bytes and its phase),
 so a restarted agent picks it up where it was: the blob cache resumes partial downloads, a
 staged slot is reused, and slots.json says which release was live. A release that failed its
-gate is not retried until the controller sends another.
+gate is not retried until the controller sends another; one that failed for want of disk space
+(``insufficient storage``, its partial files deleted) is taken up again by itself once there is room.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import errno
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,9 +43,11 @@ from agent.delivery.fetch import Fetcher, FetchFailed
 from agent.delivery.gate import run_gate
 from agent.delivery.manifest import Manifest, ManifestRefused, check_acceptable, verify
 from agent.delivery.slots import SlotInfo, Slots
-from agent.delivery.storage import InsufficientStorage, check_space
+from agent.delivery.storage import InsufficientStorage, check_space, has_room, shortage
 from agent.engine import Engine, ModelSlot, VariantError
 from agent.files import write_atomic
+from agent.link import backoff_delay
+from agent.supervise import log_failure
 from protos import common_pb2, delivery_pb2
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,11 @@ STATE_FILE = "deploy.json"
 PROFILE_FILE = "profile.json"  # the profile the controller last named for this device
 DEFAULT_RESERVE_BYTES = 64 * 2**20  # left free on the data dir's disk after a download
 PROGRESS_EVERY_S = 1.0
-# Phases after which a release is settled: the device does not work on it again by itself.
+# Phases after which a release is settled: the device does not work on it again by itself,
+# except a release that failed for want of disk space (it is retried once there is room).
 SETTLED = ("active", "failed", "refused", "rolled_back")
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+SHORT_OF_SPACE = "insufficient storage"  # how such a failure's reason starts
 
 # Sends a status upstream (latest wins; resent after a reconnect).
 Reporter = Callable[[delivery_pb2.DeploymentStatus], None]
@@ -78,16 +86,18 @@ class Updater:
                  slot: ModelSlot, channel_factory: Callable[[], grpc.aio.Channel], report: Reporter,
                  *, max_bytes_per_s: float = 0.0, threads: int | None = None,
                  reserve_bytes: int = DEFAULT_RESERVE_BYTES,
-                 on_active: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_active: Callable[[], Awaitable[None]] | None = None,
+                 space_retry_s: tuple[float, float] = (1.0, 30.0)) -> None:
         self._data_dir, self._public_key, self._hardware = data_dir, public_key, hardware
         self._reserve_bytes = reserve_bytes
+        self._space_retry_s = space_retry_s  # (first, longest) wait between checks for room
+        self._short: InsufficientStorage | None = None  # why the last converge stopped short
         self._on_active = on_active
         self._slot, self._report, self._threads = slot, report, threads
         self.cache = BlobCache(data_dir / "blobs")
         self.slots = Slots(data_dir / "models")
         self._progress = _Progress()
-        self._fetcher = Fetcher(channel_factory, self.cache, max_bytes_per_s=max_bytes_per_s,
-                                on_progress=self._progress.add)
+        self._fetcher = Fetcher(channel_factory, self.cache, max_bytes_per_s=max_bytes_per_s)
         self._state_path = data_dir / STATE_FILE
         self._profile = self._read_profile()
         self._task: asyncio.Task[None] | None = None
@@ -115,7 +125,7 @@ class Updater:
     def resume(self) -> None:
         """Pick up the release deploy.json says was in progress (call once the loop runs)."""
         target = self._read_state()
-        if target is not None and target.phase not in SETTLED:
+        if target is not None and (target.phase not in SETTLED or _short_of_space(target)):
             log.info("resuming release %d at phase %s", target.release, target.phase)
             self._start(target)
         elif target is not None:
@@ -127,7 +137,11 @@ class Updater:
         """The controller's desired state arrived (called on the event loop)."""
         if profile and profile != self._profile:
             self._profile = profile
-            write_atomic(self._data_dir / PROFILE_FILE, json.dumps({"profile": profile}).encode())
+            try:
+                write_atomic(self._data_dir / PROFILE_FILE, json.dumps({"profile": profile}).encode())
+            except OSError as e:  # a full disk: known in memory, written with the next desired state
+                log.error("could not record the profile %s: %s", profile, e)
+                self._profile = ""
         if manifest is None or not manifest.manifest_json:
             return
         try:
@@ -148,16 +162,57 @@ class Updater:
         """Install a bundle file (slmops bundle export) with the same checks as a network
         delivery: the signature before anything else, each blob's hash, the gate. Returns the
         phase it settled in."""
-        manifest_json, signature, manifest = await asyncio.to_thread(
-            read_bundle, path, self.cache, self._public_key)
-        return await self.converge(_Target(manifest_json, signature, manifest.release,
-                                           profile=self._profile), fetch=False)
+        before = await asyncio.to_thread(self.cache.complete)
+        phase = "failed"
+        try:
+            manifest_json, signature, manifest = await asyncio.to_thread(
+                read_bundle, path, self.cache, self._public_key)
+            phase = await self.converge(_Target(manifest_json, signature, manifest.release,
+                                                profile=self._profile), fetch=False)
+            return phase
+        finally:
+            if phase not in ("active", "rolled_back"):  # refused or failed: take its blobs back out
+                await asyncio.to_thread(self._drop_blobs_added_since, before)
+
+    def _drop_blobs_added_since(self, before: set[str]) -> None:
+        try:
+            added = self.cache.complete() - before - self.slots.blobs_in_use()
+            self.cache.remove(added)
+        except OSError as e:
+            log.warning("could not remove the bundle's blobs from %s: %s", self.cache.root, e)
+            return
+        if added:
+            log.info("removed the %d blobs the bundle added", len(added))
 
     def _start(self, target: _Target) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()  # a newer desired state replaces the one in progress
         self._working_on = target.release
-        self._task = asyncio.create_task(self.converge(target))
+        self._task = asyncio.create_task(self._converge_until_settled(target))
+        self._task.add_done_callback(log_failure(f"release {target.release}"))
+
+    async def _converge_until_settled(self, target: _Target) -> str:
+        """converge(), and again each time it failed for want of disk space, once there is
+        room: checked after a backoff that doubles up to the longest wait. The old model keeps
+        serving meanwhile; a newer desired state cancels the wait."""
+        attempt, rng = 0, random.Random()
+        while True:
+            self._short = None
+            try:
+                phase = await self.converge(target)
+            except Exception as e:  # noqa: BLE001 - reported upstream, never left at "downloading"
+                log.exception("release %d: the agent failed", target.release)
+                return self._settle(target, "failed", reason=f"the agent failed: {type(e).__name__}: {e}")
+            short = self._short
+            if short is None:
+                return phase
+            first, longest = self._space_retry_s
+            while True:
+                await asyncio.sleep(backoff_delay(attempt, first, longest, rng))
+                attempt += 1
+                if has_room(self._data_dir, short.need_bytes, self._reserve_bytes):
+                    break
+            log.info("release %d: there is room on the disk now; trying again", target.release)
 
     async def wait(self) -> None:
         """Until the release in progress settles (tests, install-bundle)."""
@@ -200,7 +255,13 @@ class Updater:
                                              target.signature, self.cache)
             self._phase(target, "gating")
             return await self._gate_and_switch(target, manifest, staged)
-        except (FetchFailed, InsufficientStorage, VariantError, OSError) as e:
+        except InsufficientStorage as e:
+            return self._out_of_space(target, manifest, e)
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                return self._out_of_space(target, manifest, e)
+            return self._settle(target, "failed", reason=str(e))
+        except (FetchFailed, VariantError) as e:
             return self._settle(target, "failed", reason=str(e))
         except ManifestRefused as e:  # a path the slot refuses (verify checked it already)
             return self._settle(target, "refused", reason=str(e))
@@ -210,14 +271,14 @@ class Updater:
         partial = sum(self.cache.partial_size(f.sha256) for f in missing)
         total = manifest.total_bytes
         need = sum(f.size for f in missing) - partial
-        self._progress.reset(total - need)
+        self._progress.reset(self._bytes_on_disk(manifest, total))
         check_space(self._data_dir, need, what=f"to download release {manifest.release}",
                     reserve_bytes=self._reserve_bytes)
         self._phase(target, "downloading", detail={"files": len(manifest.files), "missing": len(missing),
                                                   "bytes_to_fetch": need})
         if missing and not fetch:
             raise FetchFailed(f"{len(missing)} blobs are missing and this delivery has no network path")
-        reporter = asyncio.create_task(self._report_progress(target, total))
+        reporter = asyncio.create_task(self._report_progress(target, manifest, total))
         try:
             for entry in missing:
                 log.info("fetching blob %s (%s) from byte %d of %d", entry.sha256, entry.path,
@@ -235,11 +296,39 @@ class Updater:
         if still:
             raise FetchFailed(f"blobs missing after the download: {', '.join(f.path for f in still)}")
 
-    async def _report_progress(self, target: _Target, total: int) -> None:
+    async def _report_progress(self, target: _Target, manifest: Manifest, total: int) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
+            self._progress.update(self._bytes_on_disk(manifest, total))
             self._send("downloading", target, done=self._progress.done, total=total,
                        rate=self._progress.rate())
+
+    def _bytes_on_disk(self, manifest: Manifest, total: int) -> int:
+        """What of the release's ``total`` bytes is on disk now, from the files themselves: a
+        retried blob whose .part was dropped counts from 0 again, a resumed one once, and the
+        figure never passes ``total``."""
+        to_go = sum(max(0, f.size - self.cache.partial_size(f.sha256))
+                    for f in self.cache.missing(manifest.files))
+        return max(0, min(total, total - to_go))
+
+    def _out_of_space(self, target: _Target, manifest: Manifest, error: Exception) -> str:
+        """The disk is full: drop this release's partial files (they hold the space the device
+        needs to keep running), report ``failed: insufficient storage (need, have)``, and let
+        _converge_until_settled try again once there is room."""
+        for entry in manifest.files:
+            self.cache.drop_partial(entry.sha256)
+        try:
+            self.slots.gc(keep_releases=[manifest.release])  # a half-built staging dir, old slots
+        except OSError as e:
+            log.warning("could not clear old slots: %s", e)
+        need = sum(f.size for f in self.cache.missing(manifest.files))
+        if need == 0:  # every blob is in: what is short is room to stage it
+            need = manifest.total_bytes
+        self._short = shortage(
+            self._data_dir, need, what=f"to download release {manifest.release}",
+            reserve_bytes=self._reserve_bytes,
+            then=f"the device retries by itself once there is room (the disk said: {error})")
+        return self._settle(target, "failed", reason=str(self._short))
 
     async def _gate_and_switch(self, target: _Target, manifest: Manifest, staged: Path) -> str:
         baseline = psutil.Process().memory_info().rss
@@ -330,7 +419,12 @@ class Updater:
         self._report(status)
 
     def _write_state(self, target: _Target) -> None:
-        write_atomic(self._state_path, json.dumps(target.to_json()).encode())
+        """Best effort: a full disk must not stop the phase from being reported upstream."""
+        try:
+            write_atomic(self._state_path, json.dumps(target.to_json()).encode())
+        except OSError as e:
+            log.error("could not record release %d's phase %s in %s: %s", target.release,
+                      target.phase, self._state_path, e)
 
     def _read_profile(self) -> str:
         try:
@@ -363,8 +457,8 @@ class _Progress:
     def reset(self, already: int) -> None:
         self.done, self._marks = already, [(time.monotonic(), already)]
 
-    def add(self, count: int) -> None:
-        self.done += count
+    def update(self, done: int) -> None:
+        self.done = done
         now = time.monotonic()
         self._marks.append((now, self.done))
         while len(self._marks) > 2 and now - self._marks[0][0] > 5.0:
@@ -374,4 +468,8 @@ class _Progress:
         if len(self._marks) < 2:
             return 0.0
         (t0, b0), (t1, b1) = self._marks[0], self._marks[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        return max(0.0, (b1 - b0) / (t1 - t0)) if t1 > t0 else 0.0
+
+
+def _short_of_space(target: _Target) -> bool:
+    return target.phase == "failed" and target.reason.startswith(SHORT_OF_SPACE)

@@ -46,11 +46,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
-    def validate(self, context_length: int, prompt_tokens: int = 0) -> None:
+    def validate(self, context_length: int | None, prompt_tokens: int = 0) -> None:
         """Raise ParamError for the first bad field. With ``prompt_tokens`` it also checks that
-        the prompt leaves room in the context and that ``max_tokens`` fits after it."""
-        room = context_length - prompt_tokens
-        if prompt_tokens and room < 1:
+        the prompt leaves room in the context and that ``max_tokens`` fits after it. With
+        ``context_length=None`` (the model is not known yet) only types and ranges are checked."""
+        room = None if context_length is None else context_length - prompt_tokens
+        if room is not None and prompt_tokens and room < 1:
             raise ParamError("prompt", f"the prompt is {prompt_tokens} tokens, this model's context "
                              f"is {context_length}; shorten the prompt to at most "
                              f"{context_length - 1} tokens")
@@ -58,7 +59,7 @@ class SamplingParams:
             if not _is_int(self.max_tokens) or self.max_tokens < 1:
                 raise ParamError("max_tokens", f"max_tokens must be a positive integer, got "
                                  f"{self.max_tokens!r}")
-            if self.max_tokens > room:
+            if room is not None and self.max_tokens > room:
                 raise ParamError("max_tokens", f"max_tokens is {self.max_tokens}, but this model's "
                                  f"context is {context_length} tokens and the prompt uses "
                                  f"{prompt_tokens}; ask for at most {room}")

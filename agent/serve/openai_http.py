@@ -120,6 +120,10 @@ class Server:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"We could not parse the JSON body of your request ({e}). Send a "
                            "JSON object with Content-Type: application/json.", code="invalid_json") from e
+        except RecursionError as e:  # json's C scanner recurses once per nesting level
+            raise ApiError(400, "The JSON body of your request is nested too deeply to parse. Send "
+                           "an OpenAI request object: messages are a flat list of {role, content}.",
+                           code="invalid_json") from e
         if not isinstance(body, dict):
             raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
         return body

@@ -80,7 +80,7 @@ def _common(body: dict, max_tokens_key: str) -> tuple[str, SamplingParams, bool,
                             top_p=_optional(body, "top_p", 1.0), top_k=_optional(body, "top_k", 0),
                             stop=_stop(body.get("stop")), seed=body.get("seed"),
                             min_tokens=_optional(body, "min_tokens", 0))
-    params.validate(context_length=2**62)  # types and ranges; the engine checks the context
+    params.validate(context_length=None)  # types and ranges; the engine checks the model's context
     return model, params, stream, include_usage
 
 

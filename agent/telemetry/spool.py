@@ -118,13 +118,19 @@ class Spool:
             if drop:
                 db.execute("DELETE FROM samples WHERE seq IN "
                            "(SELECT seq FROM samples ORDER BY seq LIMIT ?)", (drop,))
-                self._set_meta(db, next_seq=seq + 1, dropped_total=self._dropped + drop)
-            else:
-                self._set_meta(db, next_seq=seq + 1)
+            # dropped_total always: it also carries losses counted while nothing could be written
+            self._set_meta(db, next_seq=seq + 1, dropped_total=self._dropped + drop)
         self._next = seq + 1
         self._pending += 1 - drop
         self._dropped += drop
         return seq
+
+    def count_lost(self, count: int) -> None:
+        """``count`` samples were made but could not be stored (append failed: a full disk).
+        They count as dropped from now on; the total reaches the file with the next append."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._dropped += count
 
     def pending(self, limit: int) -> list[common_pb2.Sample]:
         """Up to ``limit`` unacknowledged samples, oldest (lowest seq) first."""
