@@ -209,17 +209,21 @@ def test_a_called_off_update_that_finished_meanwhile_is_undone(
     assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
 
 
+def _blob(ctl: RunningController, device: str, release: int, path: str) -> Path:
+    """The controller's stored blob of ``path`` in ``release`` (what the device downloads)."""
+    record = ctl.controller.store.get_release(release, _device(ctl, device).id)
+    assert record is not None
+    sha = next(f["sha256"] for f in json.loads(record.manifest_json)["files"] if f["path"] == path)
+    return ctl.controller.settings.data_dir / "blobs" / "sha256" / sha[:2] / sha
+
+
 def test_a_byte_flipped_on_the_controller_is_caught_and_nothing_is_staged(
         ctl: RunningController, agents, tiny, golden, tmp_path: Path) -> None:
     agent = agents("edge-1")
     profile = _device(ctl, "edge-1").profile
     ref = _register(ctl, tmp_path, "support", tiny.int4, profile, golden)
     release = _assign(ctl, "edge-1", ref)  # the controller checks its files now
-    manifest = json.loads(ctl.controller.store.get_release(release, _device(ctl, "edge-1").id)
-                          .manifest_json)
-    sha = next(f["sha256"] for f in manifest["files"] if f["path"] == "model.onnx")
-    blob = ctl.controller.settings.data_dir / "blobs" / "sha256" / sha[:2] / sha
-    with open(blob, "r+b") as f:  # damaged after the release was signed: only the device can tell
+    with open(_blob(ctl, "edge-1", release, "model.onnx"), "r+b") as f:  # damaged after signing
         f.seek(100)
         byte = f.read(1)
         f.seek(100)
@@ -238,13 +242,12 @@ def test_download_progress_never_passes_the_total_while_a_blob_is_fetched_again(
     padded = variants.copy_variant(tiny.int4, tmp_path / "padded")
     (padded / "extra-weights.bin").write_bytes(os.urandom(3 * 2**20))
     ref = _register(ctl, tmp_path, "support", padded, _device(ctl, "edge-1").profile, golden)
-    variant = ctl.controller.registry.deployable_variant(ref, _device(ctl, "edge-1").profile)
-    release = _assign(ctl, "edge-1", ref)  # the controller hashes its files now
-    with open(ctl.controller.registry.variant_path(variant) / "extra-weights.bin", "r+b") as f:
+    release = _assign(ctl, "edge-1", ref)  # the controller checks its files now
+    with open(_blob(ctl, "edge-1", release, "extra-weights.bin"), "r+b") as f:
         f.seek(2**20)
         byte = f.read(1)
         f.seek(2**20)
-        f.write(bytes([byte[0] ^ 0xFF]))  # the blob store shares the file's inode
+        f.write(bytes([byte[0] ^ 0xFF]))  # damaged after signing: only the device can tell
     assert "hash mismatch" in _phase(ctl, "edge-1", release, "failed").reason
     reports = [s for s in agent.call(lambda: list(agent.agent.updater.history))
                if s.release == release and s.phase == "downloading" and s.bytes_total]
