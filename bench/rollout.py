@@ -468,7 +468,10 @@ class Bench:
                              "traffic did not fail the gate (see the rollout's gate results)")
         halted = events(r, "halted")[0]
         issued = events(r, "rolled_back")
-        targets = {d.device_name: (d.previous_release, d.previous_model)
+        # A rollback is a new release naming the previous model: each device's desired one now.
+        assert self.admin is not None
+        desired = self.admin.devices()
+        targets = {d.device_name: (desired[d.device_name].deployment.desired_release, d.previous_model)
                    for d in r.devices if d.status == "rolled_back"}
         back = self.wait_back(r, targets, halted.at_ms)
         usage = meter.stop()
@@ -527,9 +530,9 @@ class Bench:
 
     def wait_back(self, r: rollout_pb2.Rollout, targets: dict[str, tuple[int, str]],
                   halted_ms: int) -> dict[str, Any]:
-        """Poll the fleet until every device the rollout rolled back (name -> previous release
-        and model) reports that release active; seconds from the halt to each report (the
-        controller's stamp of it)."""
+        """Poll the fleet until every device the rollout rolled back (name -> its rollback
+        instruction's release and the previous model) reports that release active; seconds from
+        the halt to each report (the controller's stamp of it)."""
         assert self.admin is not None
         kept = [f"{d.device_name}: {d.status} {d.reason}" for d in r.devices
                 if d.status not in ("rolled_back", "pending", "skipped", "failed")]

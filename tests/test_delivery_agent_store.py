@@ -365,3 +365,21 @@ def test_write_bundle_refuses_blobs_the_manifest_does_not_name(tmp_path: Path, k
     wrong_size.write_bytes(b"weight")
     with pytest.raises(BundleError, match="6 bytes; the manifest says 7"):
         write_bundle(io.BytesIO(), body, sig, [(sha(b"weights"), wrong_size)])
+
+
+# --- the highest accepted release --------------------------------------------------------------
+
+def test_the_highest_accepted_release_survives_a_restart_and_never_goes_down(tmp_path: Path) -> None:
+    from agent.delivery.accepted import AcceptedRelease
+
+    accepted = AcceptedRelease(tmp_path)
+    assert accepted.floor(active_release=3) == 3  # no record yet: the active slot's release
+    accepted.record(7, b"manifest seven")
+    accepted.record(5, b"manifest five")  # lower: ignored
+    again = AcceptedRelease(tmp_path)  # as after a restart
+    assert again.release == 7 and again.floor(active_release=3) == 7
+    assert again.is_accepted(7, b"manifest seven") and not again.is_accepted(7, b"another seven")
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, renamed
+
+    (tmp_path / "accepted.json").write_text("{damaged")
+    assert AcceptedRelease(tmp_path).floor(active_release=4) == 4  # logged; the slot's release holds
