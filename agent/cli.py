@@ -284,6 +284,7 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     network delivery. Run it while the agent is stopped; the agent serves it when it starts."""
     from agent.delivery.bundle import BundleError
     from agent.delivery.manifest import ManifestRefused
+    from agent.delivery.phases import DeploymentPhase
     from agent.delivery.updater import Updater
     from agent.engine import ModelSlot
     from agent.hardware import detect_hardware
@@ -320,5 +321,5 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
     else:
         click.echo(f"{info['model']} (release {info['release']}): {phase}"
                    + (f": {info['reason']}" if info["reason"] else ""))
-    if phase not in ("active", "rolled_back"):
+    if phase not in (DeploymentPhase.ACTIVE, DeploymentPhase.ROLLED_BACK):
         sys.exit(EXIT_REFUSED)

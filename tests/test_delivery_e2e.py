@@ -22,6 +22,8 @@ from inproc import RunningAgent, RunningController
 
 from agent.cli import main as agent_cli
 from agent.delivery.manifest import Manifest, sign, verify
+from agent.delivery.phases import to_proto as phase_to_proto
+from controller.cli import views
 from controller.pki import load_or_create_signing_key
 from protos import admin_pb2, delivery_pb2
 
@@ -98,8 +100,9 @@ def _phase(ctl: RunningController, device: str, release: int, *phases: str) -> a
     def reached() -> bool:
         deployment = _device(ctl, device).deployment
         found[:] = [deployment]
-        return deployment.desired_release == release and deployment.phase in phases and (
-            deployment.phase not in ("active", "rolled_back") or deployment.active_release == release)
+        phase = views.phase_word(deployment.deployment_phase, bool(deployment.updated_at_ms))
+        return deployment.desired_release == release and phase in phases and (
+            phase not in ("active", "rolled_back") or deployment.active_release == release)
 
     try:
         _wait_for(reached, f"{device} to report release {release} {'/'.join(phases)}")
@@ -196,14 +199,16 @@ def test_a_called_off_update_that_finished_meanwhile_is_undone(
                                          signature=call_off.signature)
     agent.call(lambda: updater.on_desired(profile, signed))
     _wait_for(lambda: updater.slots.active().release == first and updater.last is not None
-              and updater.last.phase == "rolled_back", "edge-1 back on its first release", 30)
+              and updater.last.deployment_phase == phase_to_proto("rolled_back"),
+              "edge-1 back on its first release", 30)
     assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{first}"
 
     again = ctl.controller.releases.stay(seen_downloading, int(time.time() * 1000) + 1,
                                          calling_off=second)  # now it runs that release: it stays
     signed = delivery_pb2.SignedManifest(manifest_json=again.manifest_json, signature=again.signature)
     agent.call(lambda: updater.on_desired(profile, signed))
-    _wait_for(lambda: updater.last is not None and updater.last.phase == "active", "a stay", 30)
+    _wait_for(lambda: updater.last is not None
+              and updater.last.deployment_phase == phase_to_proto("active"), "a stay", 30)
     assert updater.slots.active().release == first
     assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
 
@@ -249,7 +254,8 @@ def _signed(ctl: RunningController, manifest: Manifest) -> delivery_pb2.SignedMa
 def _refusal(agent: RunningAgent, profile: str, signed: delivery_pb2.SignedManifest) -> str:
     updater = agent.agent.updater
     agent.call(lambda: updater.on_desired(profile, signed))
-    _wait_for(lambda: updater.last is not None and updater.last.phase == "refused", "a refusal", 10)
+    _wait_for(lambda: updater.last is not None
+              and updater.last.deployment_phase == phase_to_proto("refused"), "a refusal", 10)
     return updater.last.reason
 
 
@@ -295,7 +301,8 @@ def test_a_new_version_with_the_same_weights_moves_only_the_bytes_that_differ(
 
 def _downloading_details(agent: RunningAgent) -> list[str]:
     log = agent.agent.updater.history
-    return [s.detail_json for s in log if s.phase == "downloading" and s.detail_json != "{}"]
+    return [s.detail_json for s in log
+            if s.deployment_phase == phase_to_proto("downloading") and s.detail_json != "{}"]
 
 
 @pytest.fixture(scope="module")

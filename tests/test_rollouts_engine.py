@@ -16,6 +16,7 @@ import variants
 from inproc import RunningAgent, RunningController
 from test_delivery_e2e import _assign, _device, _phase, _register, _wait_for
 
+from agent.delivery.phases import to_proto as phase_to_proto
 from protos import admin_pb2, rollout_pb2
 
 NAMES = ("edge-1", "edge-2", "edge-3")
@@ -211,7 +212,8 @@ def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
     (padded / "extra-weights.bin").write_bytes(os.urandom(3 * 2**20))
     _register(fleet.ctl, fleet.root / "v2", "support", padded, fleet.profile, golden)
     created = _create(fleet.ctl, waves="100%", bake_ms=60_000)
-    _wait_for(lambda: _device(fleet.ctl, "edge-slow").deployment.phase == "downloading",
+    _wait_for(lambda: _device(fleet.ctl, "edge-slow").deployment.deployment_phase
+              == phase_to_proto("downloading"),
               "edge-slow to be downloading support:2")
     back = fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id),
                                            timeout=30).rollout

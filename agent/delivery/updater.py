@@ -39,6 +39,8 @@ from agent.delivery.bundle import read_bundle
 from agent.delivery.fetch import Fetcher, FetchFailed
 from agent.delivery.gate import run_gate
 from agent.delivery.manifest import Manifest, ManifestRefused, check_acceptable, verify
+from agent.delivery.phases import SETTLED, DeploymentPhase
+from agent.delivery.phases import to_proto as phase_to_proto
 from agent.delivery.slots import SlotInfo, Slots
 from agent.delivery.storage import InsufficientStorage, check_space
 from agent.engine import Engine, ModelSlot, VariantError
@@ -50,9 +52,6 @@ STATE_FILE = "deploy.json"
 PROFILE_FILE = "profile.json"  # the profile the controller last named for this device
 DEFAULT_RESERVE_BYTES = 64 * 2**20  # left free on the data dir's disk after a download
 PROGRESS_EVERY_S = 1.0
-# Phases after which a release is settled: the device does not work on it again by itself.
-SETTLED = ("active", "failed", "refused", "rolled_back")
-
 # Sends a status upstream (latest wins; resent after a reconnect).
 Reporter = Callable[[delivery_pb2.DeploymentStatus], None]
 
@@ -62,7 +61,7 @@ class _Target:
     manifest_json: bytes
     signature: bytes
     release: int
-    phase: str = "downloading"
+    phase: DeploymentPhase = DeploymentPhase.DOWNLOADING
     reason: str = ""
     profile: str = ""  # the device's profile when the controller sent it ("" = not known)
 
@@ -182,7 +181,7 @@ class Updater:
                 not manifest.rollback or manifest.rollback_from != active.release):
             # already live (e.g. killed after the switch), or an update called off before it
             # switched: the instruction to go back from that update finds the device still here
-            return self._settle(target, "active")
+            return self._settle(target, DeploymentPhase.ACTIVE)
         try:
             check_acceptable(manifest, profile=target.profile or self._profile,
                              hardware_arch=self._hardware.arch, isa_flags=list(self._hardware.isa_flags),
@@ -195,15 +194,15 @@ class Updater:
             return await self._roll_back(target, manifest)
         try:
             await self._download(target, manifest, fetch)
-            self._phase(target, "staging")
+            self._phase(target, DeploymentPhase.STAGING)
             staged = await asyncio.to_thread(self.slots.stage, manifest, target.manifest_json,
                                              target.signature, self.cache)
-            self._phase(target, "gating")
+            self._phase(target, DeploymentPhase.GATING)
             return await self._gate_and_switch(target, manifest, staged)
         except (FetchFailed, InsufficientStorage, VariantError, OSError) as e:
-            return self._settle(target, "failed", reason=str(e))
+            return self._settle(target, DeploymentPhase.FAILED, reason=str(e))
         except ManifestRefused as e:  # a path the slot refuses (verify checked it already)
-            return self._settle(target, "refused", reason=str(e))
+            return self._settle(target, DeploymentPhase.REFUSED, reason=str(e))
 
     async def _download(self, target: _Target, manifest: Manifest, fetch: bool) -> None:
         missing = self.cache.missing(manifest.files)
@@ -213,8 +212,8 @@ class Updater:
         self._progress.reset(total - need)
         check_space(self._data_dir, need, what=f"to download release {manifest.release}",
                     reserve_bytes=self._reserve_bytes)
-        self._phase(target, "downloading", detail={"files": len(manifest.files), "missing": len(missing),
-                                                  "bytes_to_fetch": need})
+        self._phase(target, DeploymentPhase.DOWNLOADING,
+                    detail={"files": len(manifest.files), "missing": len(missing), "bytes_to_fetch": need})
         if missing and not fetch:
             raise FetchFailed(f"{len(missing)} blobs are missing and this delivery has no network path")
         reporter = asyncio.create_task(self._report_progress(target, total))
@@ -229,7 +228,7 @@ class Updater:
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
-        self._phase(target, "verifying")
+        self._phase(target, DeploymentPhase.VERIFYING)
         # Each blob's hash was checked as it entered the cache; check that they are all there.
         still = self.cache.missing(manifest.files)
         if still:
@@ -238,7 +237,7 @@ class Updater:
     async def _report_progress(self, target: _Target, total: int) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
-            self._send("downloading", target, done=self._progress.done, total=total,
+            self._send(DeploymentPhase.DOWNLOADING, target, done=self._progress.done, total=total,
                        rate=self._progress.rate())
 
     async def _gate_and_switch(self, target: _Target, manifest: Manifest, staged: Path) -> str:
@@ -249,7 +248,7 @@ class Updater:
         result = await asyncio.to_thread(run_gate, engine, manifest.gate, baseline_rss=baseline)
         if not result.passed:
             engine.close()
-            return self._settle(target, "failed", reason=result.reason, detail=result.figures)
+            return self._settle(target, DeploymentPhase.FAILED, reason=result.reason, detail=result.figures)
         # The switch: slots.json names the new release (one rename), then the engine takes the
         # old one's place (one assignment). A kill between the two serves the new release on
         # restart, which passed its gate; a kill before the first serves the old one.
@@ -257,7 +256,7 @@ class Updater:
         self._slot.install(engine, name=manifest.model, version=str(manifest.version),
                            load_seconds=load_seconds)
         await asyncio.to_thread(self._collect_garbage)
-        phase = self._settle(target, "active", detail=result.figures)
+        phase = self._settle(target, DeploymentPhase.ACTIVE, detail=result.figures)
         if self._on_active is not None:
             await self._on_active()
         return phase
@@ -266,15 +265,15 @@ class Updater:
         previous = self.slots.previous()
         if previous is None or previous.release != manifest.release:
             have = previous.release if previous else "none"
-            return self._settle(target, "failed", reason=(
+            return self._settle(target, DeploymentPhase.FAILED, reason=(
                 f"rollback: release {manifest.release} is not this device's previous release ({have})"))
         try:
             engine = await asyncio.to_thread(Engine.load, previous.path, threads=self._threads)
         except VariantError as e:
-            return self._settle(target, "failed", reason=f"rollback: {e}")
+            return self._settle(target, DeploymentPhase.FAILED, reason=f"rollback: {e}")
         await asyncio.to_thread(self.slots.activate, manifest.release)
         self._slot.install(engine, name=manifest.model, version=str(manifest.version), load_seconds=0.0)
-        phase = self._settle(target, "rolled_back")
+        phase = self._settle(target, DeploymentPhase.ROLLED_BACK)
         if self._on_active is not None:
             await self._on_active()
         return phase
@@ -287,16 +286,16 @@ class Updater:
 
     # --- state and reports -------------------------------------------------------------------
 
-    def _phase(self, target: _Target, phase: str, detail: dict[str, Any] | None = None) -> None:
+    def _phase(self, target: _Target, phase: DeploymentPhase, detail: dict[str, Any] | None = None) -> None:
         target.phase, target.reason = phase, ""
         self._write_state(target)
         self._send(phase, target, detail=detail)
 
-    def _settle(self, target: _Target, phase: str, *, reason: str = "",
+    def _settle(self, target: _Target, phase: DeploymentPhase, *, reason: str = "",
                 detail: dict[str, Any] | None = None) -> str:
         target.phase, target.reason = phase, reason
         self._write_state(target)
-        (log.info if phase in ("active", "rolled_back") else log.warning)(
+        (log.info if phase in (DeploymentPhase.ACTIVE, DeploymentPhase.ROLLED_BACK) else log.warning)(
             "release %d: %s%s", target.release, phase, f": {reason}" if reason else "")
         self._send(phase, target, reason=reason, detail=detail)
         return phase
@@ -304,13 +303,14 @@ class Updater:
     def _refuse(self, manifest_json: bytes, signature: bytes, release: int, reason: str) -> str:
         # Not written to deploy.json: a refused manifest must not displace the release in
         # progress, nor the record of the one that settled.
-        target = _Target(manifest_json, signature, release, "refused", reason)
+        target = _Target(manifest_json, signature, release, DeploymentPhase.REFUSED, reason)
         log.warning("refused release %d: %s", release, reason)
-        self._send("refused", target, reason=reason)
-        return "refused"
+        self._send(DeploymentPhase.REFUSED, target, reason=reason)
+        return DeploymentPhase.REFUSED
 
-    def _send(self, phase: str, target: _Target, *, reason: str = "", detail: dict[str, Any] | None = None,
-              done: int = 0, total: int = 0, rate: float = 0.0) -> None:
+    def _send(self, phase: DeploymentPhase, target: _Target, *, reason: str = "",
+              detail: dict[str, Any] | None = None, done: int = 0, total: int = 0,
+              rate: float = 0.0) -> None:
         active, previous = self.slots.active(), self.slots.previous()
         model = ""
         try:
@@ -319,7 +319,8 @@ class Updater:
         except (ValueError, AttributeError):
             model = ""
         status = delivery_pb2.DeploymentStatus(
-            release=target.release, model=model if isinstance(model, str) else "", phase=phase,
+            release=target.release, model=model if isinstance(model, str) else "",
+            deployment_phase=phase_to_proto(phase),
             reason=reason[:2000], bytes_done=done, bytes_total=total, bytes_per_s=rate,
             active_model=active.model if active else "", active_release=active.release if active else 0,
             previous_model=previous.model if previous else "",
@@ -345,7 +346,7 @@ class Updater:
         try:
             data = json.loads(self._state_path.read_text())
             return _Target(base64.b64decode(data["manifest_json"]), base64.b64decode(data["signature"]),
-                           int(data["release"]), str(data["phase"]), str(data.get("reason", "")),
+                           int(data["release"]), DeploymentPhase(data["phase"]), str(data.get("reason", "")),
                            str(data.get("profile", "")))
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("%s is unreadable (%s); waiting for the controller's desired state",

@@ -34,3 +34,12 @@ def from_proto(number: int) -> JobState:
         return JobState[pipeline_pb2.JobState.Name(number)[len(_PREFIX):]]
     except (ValueError, KeyError):
         raise ValueError(f"job state {number} is not one of {', '.join(JobState)}") from None
+
+
+def word(number: int) -> str:
+    """For display (the CLI): the state's value, or "unknown (N)" for a number this code does
+    not know (a controller newer than the CLI), rather than failing the command."""
+    try:
+        return from_proto(number).value
+    except ValueError:
+        return f"unknown ({number})"
