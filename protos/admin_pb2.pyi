@@ -185,12 +185,14 @@ class RollbackDeviceResponse(_message.Message):
     def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., release: _Optional[int] = ...) -> None: ...
 
 class ExportBundleRequest(_message.Message):
-    __slots__ = ("model", "profile")
+    __slots__ = ("model", "profile", "allow_downgrade")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DOWNGRADE_FIELD_NUMBER: _ClassVar[int]
     model: str
     profile: str
-    def __init__(self, model: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
+    allow_downgrade: bool
+    def __init__(self, model: _Optional[str] = ..., profile: _Optional[str] = ..., allow_downgrade: _Optional[bool] = ...) -> None: ...
 
 class BundleChunk(_message.Message):
     __slots__ = ("data",)

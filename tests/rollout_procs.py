@@ -208,6 +208,32 @@ class Fleet:
                               (self.ids[name], model_name, int(version)))
             return [int(r) for (r,) in rows]
 
+    def rollbacks_of(self, name: str) -> list[int]:
+        """The rollback instructions (and call-offs) the controller issued to the device: each a
+        new release naming the model it goes back to."""
+        with _read_only(self.controller.db) as db:
+            rows = db.execute("SELECT DISTINCT release FROM releases WHERE device_id = ? AND "
+                              "rollback = 1 ORDER BY release", (self.ids[name],))
+            return [int(r) for (r,) in rows]
+
+    def back_on_v1(self, names: Iterable[str], phases: tuple[str, ...] = ("rolled_back",),
+                   timeout: float = SETTLE_S) -> dict[str, dict[str, Any]]:
+        """Wait until each device, by its own report, runs support:1 under the rollback
+        instruction that is its desired state, in one of ``phases``; deployments by name."""
+        names = list(names)
+
+        def reached() -> dict[str, dict[str, Any]] | None:
+            found = self.deployments()
+            for n in names:
+                d = found.get(n)
+                if d is None or d["phase"] not in phases or d["active_model"] != V1 or \
+                        int(d["active_release"]) != int(d["desired_release"]) or \
+                        int(d["desired_release"]) not in self.rollbacks_of(n):
+                    return None
+            return found
+        return self.procs.wait_until(reached, timeout, f"{names} to run {V1} by a rollback "
+                                     f"instruction ({'/'.join(phases)})", interval=0.2)
+
     def stored_rollout(self, rollout_id: str) -> dict[str, Any]:
         """The rollout's row as the controller left it in its database (current_wave,
         wave_started_ms, state...), for when no controller is running to ask."""

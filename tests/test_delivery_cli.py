@@ -194,14 +194,16 @@ def test_show_renders_active_and_previous_releases_and_a_rollback(
 
     rolled = _cli(ctl, "devices", "rollback", "edge-1")
     assert rolled.exit_code == 0, rolled.output
-    assert f"rolling back to release {first} ({model})" in rolled.output
+    back = _deployment(ctl, "edge-1")["desired_release"]
+    assert back > second  # a rollback is a new release naming the older model
+    assert f"rolling back to {model} as release {back}" in rolled.output
     assert "follow with `slmops devices show edge-1`" in rolled.output
-    device.report(release=first, model=model, phase="rolled_back", active_model=model,
-                  active_release=first, previous_model=model, previous_release=second)
+    device.report(release=back, model=model, phase="rolled_back", active_model=model,
+                  active_release=back, previous_model=model, previous_release=second)
     dep = _wait_for(lambda: (d := _deployment(ctl, "edge-1"))["phase"] == "rolled_back" and d,
                     "the rolled_back report")
     assert dep["phase_text"] == "rolled back"
-    assert f"{model} r{first} (rolled back)" in _cli(ctl, "devices", "list").output
+    assert f"{model} r{back} (rolled back)" in _cli(ctl, "devices", "list").output
 
 
 def test_rollback_without_a_previous_model_gives_a_clear_error(
@@ -327,6 +329,7 @@ def test_show_follows_a_real_agent_to_the_assigned_model_and_back(
     assert f"active  {second} r{r2}" in text and f"previous  {first} r{r1}" in text
     assert f"{second} r{r2}" in _cli(ctl, "devices", "list").output
 
-    assert _json(ctl, "devices", "rollback", "edge-1")["release"] == r1
-    dep = _wait_for(settled(r1, "rolled_back"), f"the rollback to release {r1}", timeout=120)
+    back = _json(ctl, "devices", "rollback", "edge-1")
+    assert back["release"] > r2 and back["model"] == first
+    dep = _wait_for(settled(back["release"], "rolled_back"), f"the rollback to {first}", timeout=120)
     assert dep["active_model"] == first and dep["phase_text"] == "rolled back"

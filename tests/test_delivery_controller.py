@@ -1,7 +1,7 @@
 """The controller's side of model delivery, with a real controller in this process and real mTLS
 channels: assignment signs a manifest into the device's desired state, FetchBlob serves only the
 blobs issued to a device and resumes from an offset, excess downloads are refused with
-RESOURCE_EXHAUSTED, deployment reports reach GetDevice, rollback re-signs the previous release,
+RESOURCE_EXHAUSTED, deployment reports reach GetDevice, a rollback is a new release naming the previous model,
 bundles are signed tars. Variants here are small directories of real files registered in the
 controller's real registry; nothing is built (the build itself is tested in test_build_variants).
 """
@@ -365,7 +365,7 @@ def test_a_deployment_report_shows_in_get_device_and_a_bad_one_is_ignored(
     assert _device(ctl, "edge-1").deployment.reason.startswith("insufficient storage")
 
 
-def test_rollback_re_signs_the_previous_release_as_an_instruction_from_the_active_one(
+def test_rollback_is_a_new_higher_release_naming_the_previous_model_and_its_files(
         ctl: RunningController, model: tuple[str, Path], tmp_path: Path) -> None:
     ref, _ = model
     device = Device(ctl, "edge-1")
@@ -382,14 +382,15 @@ def test_rollback_re_signs_the_previous_release_as_an_instruction_from_the_activ
     response = ctl.admin.RollbackDevice(admin_pb2.RollbackDeviceRequest(id="edge-1"), timeout=10)
     instruction = device.manifest(device.desired())
 
-    assert response.release == instruction.release == old
-    assert instruction.rollback and instruction.rollback_from == new
+    assert response.release == instruction.release > new  # release numbers only grow
+    assert instruction.rollback and instruction.rollback_from == new and not instruction.downgrade
     assert (instruction.ref, instruction.files) == (original.ref, original.files)
     assert instruction.issued_at_ms >= original.issued_at_ms
-    assert response.device.deployment.desired_release == old
+    assert response.device.deployment.desired_release == instruction.release
     assert response.device.deployment.desired_model == ref
-    # The plain old manifest is no rollback instruction: an agent would refuse it as a replay.
-    assert not original.rollback
+    # The plain old manifest is no rollback instruction, and its number is below the highest
+    # one the device accepted: an agent refuses it as a replay.
+    assert not original.rollback and original.release < new
 
 
 # --- bundles -----------------------------------------------------------------------------------

@@ -173,10 +173,15 @@ def test_rollback_returns_to_the_previous_release_without_a_download(
     assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
 
     response = ctl.admin.RollbackDevice(admin_pb2.RollbackDeviceRequest(id="edge-1"), timeout=30)
-    assert response.release == first
-    deployment = _phase(ctl, "edge-1", first, "rolled_back")
+    back = response.release
+    assert back > second  # a rollback is a new release naming the older model
+    deployment = _phase(ctl, "edge-1", back, "rolled_back")
     assert deployment.active_model == "support:1"
-    assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{first}"
+    assert (deployment.previous_model, deployment.previous_release) == ("support:2", second)
+    assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{back}"
+    assert not [s for s in agent.agent.updater.history if s.release == back
+                and s.deployment_phase == phase_to_proto("downloading")]
+    assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
 
 
 def test_a_called_off_update_that_finished_meanwhile_is_undone(
@@ -194,22 +199,24 @@ def test_a_called_off_update_that_finished_meanwhile_is_undone(
 
     call_off = ctl.controller.releases.stay(seen_downloading, int(time.time() * 1000),
                                             calling_off=second)
-    assert call_off.release == first
+    assert call_off.release > second and call_off.ref == "support:1"
     signed = delivery_pb2.SignedManifest(manifest_json=call_off.manifest_json,
                                          signature=call_off.signature)
     agent.call(lambda: updater.on_desired(profile, signed))
-    _wait_for(lambda: updater.slots.active().release == first and updater.last is not None
+    _wait_for(lambda: updater.slots.active().release == call_off.release and updater.last is not None
               and updater.last.deployment_phase == phase_to_proto("rolled_back"),
-              "edge-1 back on its first release", 30)
-    assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{first}"
+              "edge-1 back on support:1", 30)
+    assert updater.slots.active().model == "support:1"
+    assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{call_off.release}"
 
     again = ctl.controller.releases.stay(seen_downloading, int(time.time() * 1000) + 1,
-                                         calling_off=second)  # now it runs that release: it stays
+                                         calling_off=second)  # now it runs those files: it stays
     signed = delivery_pb2.SignedManifest(manifest_json=again.manifest_json, signature=again.signature)
     agent.call(lambda: updater.on_desired(profile, signed))
-    _wait_for(lambda: updater.last is not None
+    _wait_for(lambda: updater.last is not None and updater.last.release == again.release
               and updater.last.deployment_phase == phase_to_proto("active"), "a stay", 30)
-    assert updater.slots.active().release == first
+    assert (updater.slots.active().release, updater.slots.active().model) == (again.release, "support:1")
+    assert updater.slots.previous().release == second  # the stay replaced the active release only
     assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
 
 
@@ -371,3 +378,77 @@ def test_install_bundle_takes_the_network_path_s_checks_on_a_stopped_agent(
     assert (shown["phase"], shown["active_model"]) == ("active", "support:1")
     slots = json.loads((agent.data_dir / "models" / "slots.json").read_text())
     assert (agent.data_dir / "models" / f"r{slots['active']}" / "genai_config.json").is_file()
+
+
+def _install(agent: RunningAgent, bundle: Path) -> tuple[int, dict[str, Any]]:
+    """`slmops-agent install-bundle BUNDLE --data-dir ... --json` on the (stopped) agent."""
+    result = CliRunner().invoke(agent_cli, ["install-bundle", str(bundle), "--data-dir",
+                                            str(agent.data_dir), "--json"])
+    return result.exit_code, json.loads(result.output)
+
+
+def _active_on_disk(agent: RunningAgent) -> int:
+    return int(json.loads((agent.data_dir / "models" / "slots.json").read_text())["active"])
+
+
+def test_a_bundle_exported_before_a_rollback_can_not_undo_it(
+        ctl: RunningController, agents, live, tiny, golden, tmp_path: Path) -> None:
+    """support:2 exported as a bundle, assigned, rolled back: the bundle, installed after the
+    rollback, is refused (its release is below the rollback's), also after the agent restarted,
+    and the controller's own desired state still holds."""
+    agent, profile, first = live
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, golden)
+    early = _bundle(ctl, ref, profile, tmp_path / "support-2.bundle")
+    second = _assign(ctl, "edge-1", ref)
+    _phase(ctl, "edge-1", second, "active")
+    back = ctl.admin.RollbackDevice(admin_pb2.RollbackDeviceRequest(id="edge-1"), timeout=30).release
+    _phase(ctl, "edge-1", back, "rolled_back")
+    agent.stop()
+
+    code, shown = _install(agent, early)
+    assert code == 4 and shown["phase"] == "refused", shown
+    assert shown["reason"].startswith("rollback attack") and f"release {back}" in shown["reason"]
+    assert _active_on_disk(agent) == back
+    accepted = json.loads((agent.data_dir / "accepted.json").read_text())
+    assert accepted["release"] == back
+
+    again = agents("edge-1")  # the same data dir: it comes back on the rollback's release
+    deployment = _phase(ctl, "edge-1", back, "rolled_back", "active")
+    assert deployment.active_model == "support:1" and deployment.reason == ""
+    assert _ask(again, "support")["usage"]["completion_tokens"] > 0
+
+
+def test_an_older_version_exported_after_a_newer_one_was_assigned_is_refused_as_a_downgrade(
+        ctl: RunningController, live, tiny, golden, tmp_path: Path) -> None:
+    """The device runs support:2; a bundle of support:1 exported afterwards (a higher release)
+    is refused unless exported with --allow-downgrade; an operator's explicit assignment of
+    support:1 is taken."""
+    agent, profile, first = live
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, golden)
+    second = _assign(ctl, "edge-1", ref)
+    _phase(ctl, "edge-1", second, "active")
+    old = _bundle(ctl, "support:1", profile, tmp_path / "support-1.bundle")
+    agent.stop()
+
+    code, shown = _install(agent, old)
+    assert code == 4 and shown["phase"] == "refused", shown
+    assert shown["reason"].startswith("downgrade:") and "support:2" in shown["reason"]
+    assert _active_on_disk(agent) == second
+
+    chunks = ctl.admin.ExportBundle(admin_pb2.ExportBundleRequest(
+        model="support:1", profile=profile, allow_downgrade=True), timeout=60)
+    wanted = tmp_path / "support-1-downgrade.bundle"
+    wanted.write_bytes(b"".join(c.data for c in chunks))
+    code, shown = _install(agent, wanted)
+    assert code == 0 and (shown["phase"], shown["active_model"]) == ("active", "support:1"), shown
+
+
+def test_an_operators_explicit_assignment_of_an_older_version_is_installed(
+        ctl: RunningController, live, tiny, golden, tmp_path: Path) -> None:
+    agent, profile, first = live
+    ref = _register(ctl, tmp_path / "v2", "support", tiny.int4, profile, golden)
+    _phase(ctl, "edge-1", _assign(ctl, "edge-1", ref), "active")
+    older = _assign(ctl, "edge-1", "support:1")
+    deployment = _phase(ctl, "edge-1", older, "active")
+    assert (deployment.active_model, deployment.previous_model) == ("support:1", "support:2")
+    assert _ask(agent, "support")["usage"]["completion_tokens"] > 0

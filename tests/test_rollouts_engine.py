@@ -171,8 +171,10 @@ def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_mod
     back = fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id),
                                            timeout=30).rollout
     assert back.state == "rolled_back" and set(_status(back).values()) == {"rolled_back"}
-    for name in NAMES:  # verified by the devices' own reports
-        assert _phase(fleet.ctl, name, fleet.first[name], "rolled_back").active_model == "support:1"
+    for name in NAMES:  # verified by the devices' own reports, on the rollback's new release
+        desired = _device(fleet.ctl, name).deployment.desired_release
+        assert desired > max(d.release for d in back.devices)
+        assert _phase(fleet.ctl, name, desired, "rolled_back").active_model == "support:1"
     with pytest.raises(grpc.RpcError) as e:
         fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -222,6 +224,38 @@ def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
     assert row.status == "rolled_back" and "called off" in row.reason
     time.sleep(7)  # longer than the rest of its download would have taken
     deployment = _device(fleet.ctl, "edge-slow").deployment
-    assert (deployment.active_model, deployment.active_release) == ("support:1", first)
+    assert deployment.desired_release > row.release  # the call-off: a new release naming support:1
+    assert (deployment.active_model, deployment.active_release) == ("support:1", deployment.desired_release)
     for name in NAMES:  # switched and rolled back, or called off like edge-slow: on support:1
-        assert _phase(fleet.ctl, name, fleet.first[name], "rolled_back", "active").active_model == "support:1"
+        desired = _device(fleet.ctl, name).deployment.desired_release
+        assert _phase(fleet.ctl, name, desired, "rolled_back", "active").active_model == "support:1"
+
+
+def test_a_canary_below_the_rollouts_min_device_accuracy_never_switches(
+        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    """The build recorded none of support:2's golden prompts as right, so the build's own
+    on-device minimum is 0 %; the rollout asks for 90 %. The canary's gate holds it to the
+    stricter of the two: it measures 0 %, fails, and never serves support:2. (Before, it passed
+    its gate, served support:2 through the whole bake, and only the rollout's gate caught it.)"""
+    from click.testing import CliRunner
+
+    from controller.cli.main import cli
+
+    wrong = [{"prompt": row["prompt"], "answer": "no such answer"} for row in golden]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, wrong, correct=0)
+    created = _create(fleet.ctl, no_auto_rollback=True)  # min_device_accuracy 0.9
+    done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
+    assert done.state == "halted" and done.reason.startswith("wave 1:"), done.reason
+    canary = done.devices[0]
+    assert canary.status == "failed" and canary.reason.startswith("failed: gate:"), canary.reason
+    assert "0/6 golden prompts" in canary.reason and "minimum 90" in canary.reason
+    deployment = _device(fleet.ctl, canary.device_name).deployment
+    assert (deployment.active_model, deployment.active_release) == (
+        "support:1", fleet.first[canary.device_name])
+    history = fleet.agents[0].agent.updater.history
+    assert fleet.agents[0].agent.settings.name == canary.device_name
+    assert not [s for s in history if s.active_model == "support:2"]  # never served
+
+    watched = CliRunner().invoke(cli, ["--config", fleet.ctl.endpoints.config_path, "rollout", "status",
+                                       created.id, "--watch", "--json"])
+    assert watched.exit_code != 0 and "ended halted" in watched.output

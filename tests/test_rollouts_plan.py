@@ -155,3 +155,34 @@ def test_the_waves_per_minute_cap_holds_across_a_controller_restart(ctl: Running
     _wait_for(lambda: bool(started()), "the canary wave to start")
     fresh = WaveStepper(ctl.store, ctl.controller.releases, lambda _: True, Limits(waves_per_minute=1))
     assert fresh._last_started(rollout.id) == started()[-1]
+
+
+@pytest.mark.parametrize("action", ["rollback", "abort"])
+def test_status_watch_exits_non_zero_when_the_rollout_ends_without_succeeding(
+        ctl: RunningController, lab, action: str) -> None:  # type: ignore[no-untyped-def]
+    """CI waits on `slmops rollout status ID --watch`: a rollout that ends rolled_back, halted
+    or aborted must fail the job."""
+    import json
+
+    from click.testing import CliRunner
+
+    from controller.cli.main import cli
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli, ["--config", ctl.endpoints.config_path, "rollout", *args])
+
+    rollout = _create(ctl)
+    ended = run(action, rollout.id, "--json")
+    assert ended.exit_code == 0, ended.output
+    state = json.loads(ended.output)["state"]
+    assert state in ("rolled_back", "aborted")
+
+    watched = run("status", rollout.id, "--watch", "--json")
+    assert watched.exit_code != 0, watched.output
+    lines = [json.loads(line) for line in watched.output.splitlines()]
+    assert lines[0]["state"] == state  # the rollout as it ended, then the error
+    assert lines[-1]["error"]["message"].startswith(f"rollout {rollout.id} ended {state}")
+
+    human = run("status", rollout.id, "--watch")
+    assert human.exit_code != 0
+    assert f"ended {state}" in human.output + human.stderr

@@ -14,6 +14,8 @@ tiny int4 variant, and the rollout driven through the real `slmops rollout` CLI.
 | pause mid-wave                         | the update in flight finishes; nothing new starts     |
 |                                        | until resume                                          |
 | rollback of a finished rollout         | every device back on its previous model               |
+| a device SIGKILLed mid-download, then  | its update is called off too; started again, it runs  |
+| the rollout rolled back                | the pre-rollout model, never the rolled-back one      |
 
 Every claim about a device is checked against the device's own deployment report (as the
 controller stored it) or its serving endpoint; the in-process versions of these faults are in
@@ -30,6 +32,7 @@ import variants
 from procs import ProcessHarness
 from rollout_procs import (
     FINAL,
+    SETTLE_S,
     V1,
     V2,
     Hammer,
@@ -116,7 +119,7 @@ def test_serving_latency_over_the_limit_in_a_bake_rolls_back_waves_1_and_2(
     assert devices["edge-2"]["figures"]["requests"] > 0
 
     switched = ("edge-1", "edge-2")
-    reports = fleet.reports({n: fleet.first[n] for n in switched}, "rolled_back")
+    reports = fleet.back_on_v1(switched)
     for name in switched:  # back on support:1, by the devices' own reports
         assert devices[name]["status"] == "rolled_back" and reports[name]["active_model"] == V1
         assert len(fleet.releases_of(name)) == 1
@@ -258,9 +261,47 @@ def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_mod
     assert back["state"] == "rolled_back"
     assert {d["status"] for d in back["devices"]} == {"rolled_back"}
     assert actions(back)[-1] == "rolled_back" and back["events"][-1]["actor"] != "system"
-    for name, report in fleet.reports(fleet.first, "rolled_back").items():  # by their own reports
-        assert report["active_model"] == V1
+    for name in NAMES:  # by their own reports
+        assert fleet.back_on_v1(NAMES)[name]["active_model"] == V1
         assert ask(serving_url(fleet.agents[name])) > 0  # and they answer
     again = procs.cli_result("rollout", "rollback", created["id"])
     assert again.returncode != 0 and "rolled_back" in again.stdout + again.stderr
     assert fleet.status(created["id"])["state"] in FINAL
+
+
+def test_a_device_killed_mid_update_returns_after_the_rollback_to_the_old_model(
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+    """edge-2 is SIGKILLed while it downloads support:2 (6 MB at 1 MB/s), is counted failed by
+    the offline policy, and the rollout halts and rolls back. Started again after the rollback,
+    it converges to support:1 like its neighbour, and never installs the rolled-back model."""
+    names = ("edge-1", "edge-2")
+    fleet = start_fleet(procs, tmp_path, tiny.int4, golden, names,
+                        agent_extra=("--max-download-rate", "1"))
+    fleet.register(tiny.int4, golden, pad=True)
+    created = fleet.create("--waves", "100%", "--bake", "1s", "--offline-timeout", "2s",
+                           "--offline-policy", "failed", "--max-failure", "0")
+    rollout_id = created["id"]
+
+    def downloading() -> bool:
+        d = fleet.deployment("edge-2")
+        return d["phase"] == "downloading" and int(d["bytes_done"]) > 0 and \
+            int(d["desired_release"]) in fleet.releases_of("edge-2")
+    procs.wait_until(downloading, SETTLE_S, "edge-2 to be downloading support:2", interval=0.2)
+    fleet.agents["edge-2"].proc.kill()  # SIGKILL mid-download
+
+    done = fleet.until_final(rollout_id)
+    assert done["state"] == "rolled_back", done["reason"]
+    gone = by_name(done)["edge-2"]
+    assert gone["status"] == "rolled_back" and "called off" in gone["reason"], gone["reason"]
+    [v2] = fleet.releases_of("edge-2")
+    [back] = fleet.rollbacks_of("edge-2")
+    assert back > v2 and int(fleet.deployment("edge-2")["desired_release"]) == back
+    assert fleet.back_on_v1(["edge-1"])["edge-1"]["active_model"] == V1  # the neighbour
+
+    fleet.start_agent("edge-2")  # the same data dir: it resumes where it was killed
+    report = fleet.back_on_v1(["edge-2"], ("active", "rolled_back"))["edge-2"]
+    assert report["active_model"] == V1 and int(report["active_release"]) == back
+    time.sleep(8)  # longer than the rest of its download would have taken at 1 MB/s
+    report = fleet.deployment("edge-2")
+    assert (report["active_model"], int(report["active_release"])) == (V1, back), report
+    assert ask(serving_url(fleet.agents["edge-2"])) > 0

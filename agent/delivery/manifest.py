@@ -4,12 +4,20 @@ The controller writes the manifest as canonical JSON (sorted keys, no spaces, UT
 exactly those bytes with its ed25519 key; the agent pinned the public half at enrollment. Fields:
 
 - ``format``: 1.
-- ``release``: the controller's release counter, increasing with every manifest it issues for
-  a new assignment. A device never goes to a release lower than the one it runs, unless the
-  manifest is a signed rollback instruction: ``rollback`` true and ``rollback_from`` equal to
-  the release the device runs now. A rollback instruction whose ``release`` is the one the
-  device runs (``rollback_from`` being an update it never switched to) calls that update off:
-  the device stays where it is.
+- ``release``: the controller's release counter. Every manifest it signs (an assignment, a
+  bundle, a rollback instruction, a call-off) takes a new number, so the numbers only grow. A
+  device records the highest release it accepted (agent/delivery/accepted.py) and refuses any
+  manifest at or below it: an older manifest replayed, or a bundle exported before a rollback.
+- ``rollback``, ``rollback_from``: a rollback instruction. It is a new, higher release that
+  names an older model version and its files, and undoes release ``rollback_from``. A device
+  whose previous slot holds exactly those files switches back to it without a download; one
+  whose active slot holds them (``rollback_from`` being an update it never switched to: a
+  call-off) stays where it is; either way it records the new release number. A device that
+  has the files in neither slot installs them like any release.
+- ``downgrade``: the controller intends a move to an older version of the model the device runs
+  (an operator's explicit ``slmops devices assign NAME:VERSION``, or a bundle exported with
+  ``--allow-downgrade``). Without it a manifest that is not a rollback instruction and names an
+  older version of the model the device runs is refused as a downgrade.
 - ``model``, ``version``: the registered model version; ``profile``, ``precision``,
   ``runtime``: the variant's; ``variant``: the variant's sha256 (over its file list).
 - ``requires``: the hardware the profile is for: ``arch`` (any of), ``isa_flags`` (all of),
@@ -112,6 +120,7 @@ class Manifest:
     lineage: dict[str, Any] = field(default_factory=dict)
     rollback: bool = False
     rollback_from: int = 0
+    downgrade: bool = False
 
     @property
     def ref(self) -> str:
@@ -130,6 +139,7 @@ class Manifest:
             "issued_at_ms": self.issued_at_ms, "expires_at_ms": self.expires_at_ms,
             "gate": self.gate.to_json(), "requires": self.requires, "metrics": self.metrics,
             "lineage": self.lineage, "rollback": self.rollback, "rollback_from": self.rollback_from,
+            "downgrade": self.downgrade,
         }
 
     @classmethod
@@ -178,7 +188,12 @@ class Manifest:
             requires=_dict(data, "requires"), metrics=_dict(data, "metrics"),
             lineage=_dict(data, "lineage"), rollback=data.get("rollback", False) is True,
             rollback_from=_int(data, "rollback_from", default=0),
+            downgrade=data.get("downgrade", False) is True,
         )
+
+    def same_files(self, other: Manifest) -> bool:
+        """Whether ``other`` names exactly this manifest's files (paths, sizes, hashes)."""
+        return set(self.files) == set(other.files)
 
 
 def sign(manifest: Manifest, key: ed25519.Ed25519PrivateKey) -> tuple[bytes, bytes]:
@@ -204,10 +219,13 @@ def verify(manifest_json: bytes, signature: bytes, public_key: bytes) -> Manifes
 
 def check_acceptable(manifest: Manifest, *, profile: str, hardware_arch: str,
                      isa_flags: Sequence[str], accelerators: Sequence[str], now_ms: int,
-                     running_release: int) -> None:
+                     highest_accepted: int, accepted_before: bool = False,
+                     running: Manifest | None = None) -> None:
     """Raises ManifestRefused when this device must not install ``manifest``: expired, another
-    profile's variant, hardware it lacks, or a release older than the running one that is not a
-    rollback instruction from it. ``profile`` "" skips the profile check (not known yet)."""
+    profile's variant, hardware it lacks, a release not above ``highest_accepted`` (unless it
+    is that very manifest again, ``accepted_before``: a restarted or resent update), or an older
+    version of the model the device runs (``running``) that is neither a rollback instruction
+    nor an intended downgrade. ``profile`` "" skips the profile check (not known yet)."""
     if now_ms >= manifest.expires_at_ms:
         raise ManifestRefused(f"expired: manifest of release {manifest.release} expired at "
                               f"{manifest.expires_at_ms} (now {now_ms}); ask the controller to "
@@ -228,11 +246,18 @@ def check_acceptable(manifest: Manifest, *, profile: str, hardware_arch: str,
     if accelerator and accelerator not in accelerators:
         raise ManifestRefused(f"wrong profile: variant {manifest.profile!r} needs a {accelerator} "
                               "accelerator; this device has none")
-    if manifest.release < running_release and not (
-            manifest.rollback and manifest.rollback_from == running_release):
-        raise ManifestRefused(f"rollback attack: release {manifest.release} is older than release "
-                              f"{running_release}, which this device runs, and is no rollback "
-                              "instruction for it")
+    if manifest.release < highest_accepted or (manifest.release == highest_accepted
+                                               and not accepted_before):
+        raise ManifestRefused(f"rollback attack: release {manifest.release} ({manifest.ref}) is not "
+                              f"newer than release {highest_accepted}, the highest this device has "
+                              "accepted; an older manifest or bundle replayed. Assign or export the "
+                              "model again")
+    if (running is not None and not manifest.rollback and not manifest.downgrade
+            and manifest.model == running.model and manifest.version < running.version):
+        raise ManifestRefused(f"downgrade: release {manifest.release} is {manifest.ref}, older than "
+                              f"{running.ref}, which this device runs, and not marked as an intended "
+                              f"downgrade; assign it explicitly (`slmops devices assign DEVICE "
+                              f"{manifest.ref}`) or export the bundle with --allow-downgrade")
 
 
 def _str(data: Mapping[str, Any], key: str, where: str = "manifest") -> str:

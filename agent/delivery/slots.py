@@ -119,9 +119,10 @@ class Slots:
 
     # --- the switch --------------------------------------------------------------------------
 
-    def activate(self, release: int) -> None:
+    def activate(self, release: int, *, replace: bool = False) -> None:
         """Make ``release`` (staged) the active one and the active one the previous: one
-        atomic write of slots.json. Going back to the previous release swaps the two."""
+        atomic write of slots.json. With ``replace`` the previous one stays as it is: the new
+        release takes the active one's place (a call-off naming the files the device runs)."""
         path = self.slot_path(release)
         for needed in (path, self._meta(release, "json"), self._meta(release, "sig")):
             if not needed.exists():
@@ -129,7 +130,8 @@ class Slots:
         state = self._state()
         if state.get("active") == release:
             return
-        new = {"format": FORMAT, "active": release, "previous": state.get("active")}
+        new = {"format": FORMAT, "active": release,
+               "previous": state.get("previous") if replace else state.get("active")}
         write_atomic(self._file, json.dumps(new).encode())
 
     def active(self) -> SlotInfo | None:

@@ -4,7 +4,8 @@ One release at a time goes through these phases, each reported upstream as it st
 
     downloading -> verifying -> staging -> gating -> active
                                           \\-> failed: <reason>     (the old model keeps serving)
-    refused: <reason>  (bad signature, another profile's variant, expired, an older release)
+    refused: <reason>  (bad signature, another profile's variant, expired, a release not above
+                        the highest accepted one, an unintended downgrade)
     rolled_back        (a signed rollback instruction: back to the previous slot, no download)
 
 Nothing reaches the served model before the last step: the blobs land in the blob cache (each
@@ -34,6 +35,7 @@ from typing import Any
 import grpc
 import psutil
 
+from agent.delivery.accepted import AcceptedRelease
 from agent.delivery.blobcache import BlobCache
 from agent.delivery.bundle import read_bundle
 from agent.delivery.fetch import Fetcher, FetchFailed
@@ -52,6 +54,7 @@ STATE_FILE = "deploy.json"
 PROFILE_FILE = "profile.json"  # the profile the controller last named for this device
 DEFAULT_RESERVE_BYTES = 64 * 2**20  # left free on the data dir's disk after a download
 PROGRESS_EVERY_S = 1.0
+
 # Sends a status upstream (latest wins; resent after a reconnect).
 Reporter = Callable[[delivery_pb2.DeploymentStatus], None]
 
@@ -84,6 +87,7 @@ class Updater:
         self._slot, self._report, self._threads = slot, report, threads
         self.cache = BlobCache(data_dir / "blobs")
         self.slots = Slots(data_dir / "models")
+        self.accepted = AcceptedRelease(data_dir)
         self._progress = _Progress()
         self._fetcher = Fetcher(channel_factory, self.cache, max_bytes_per_s=max_bytes_per_s,
                                 on_progress=self._progress.add)
@@ -177,21 +181,31 @@ class Updater:
         except ManifestRefused as e:
             return self._refuse(target.manifest_json, target.signature, target.release, str(e))
         active = self.slots.active()
-        if active is not None and active.release == manifest.release and (
-                not manifest.rollback or manifest.rollback_from != active.release):
-            # already live (e.g. killed after the switch), or an update called off before it
-            # switched: the instruction to go back from that update finds the device still here
-            return self._settle(target, DeploymentPhase.ACTIVE)
+        if active is not None and active.release == manifest.release:
+            return self._settle(target, DeploymentPhase.ACTIVE)  # already live (e.g. killed after the switch)
+        running = _parsed(active)
         try:
             check_acceptable(manifest, profile=target.profile or self._profile,
                              hardware_arch=self._hardware.arch, isa_flags=list(self._hardware.isa_flags),
                              accelerators=[a.kind for a in self._hardware.accelerators],
                              now_ms=int(time.time() * 1000),
-                             running_release=active.release if active else 0)
+                             highest_accepted=self.accepted.floor(active.release if active else 0),
+                             accepted_before=self.accepted.is_accepted(manifest.release,
+                                                                       target.manifest_json),
+                             running=running)
         except ManifestRefused as e:
             return self._refuse(target.manifest_json, target.signature, manifest.release, str(e))
+        # From here on nothing at or below this release is accepted, even after a restart.
+        try:
+            await asyncio.to_thread(self.accepted.record, manifest.release, target.manifest_json)
+        except OSError as e:
+            return self._settle(target, DeploymentPhase.FAILED,
+                                reason=f"can't record release {manifest.release} as accepted in "
+                                f"{self.accepted.path}: {e}")
         if manifest.rollback:
-            return await self._roll_back(target, manifest)
+            settled = await self._roll_back(target, manifest, running)
+            if settled is not None:
+                return settled
         try:
             await self._download(target, manifest, fetch)
             self._phase(target, DeploymentPhase.STAGING)
@@ -261,18 +275,38 @@ class Updater:
             await self._on_active()
         return phase
 
-    async def _roll_back(self, target: _Target, manifest: Manifest) -> str:
-        previous = self.slots.previous()
-        if previous is None or previous.release != manifest.release:
-            have = previous.release if previous else "none"
-            return self._settle(target, DeploymentPhase.FAILED, reason=(
-                f"rollback: release {manifest.release} is not this device's previous release ({have})"))
+    async def _roll_back(self, target: _Target, manifest: Manifest, running: Manifest | None) -> str | None:
+        """A rollback instruction names files one of the two slots holds: the previous one (go
+        back to it) or the active one (a call-off of an update the device never switched to:
+        it stays). Either way no download and no gate (those files served here before); the
+        files are staged again under the instruction's release number, which becomes the
+        active one. None when neither slot holds them: they are installed like any release."""
+        previous = _parsed(self.slots.previous())
+        if running is not None and running.same_files(manifest):
+            switch_back = False
+        elif previous is not None and previous.same_files(manifest):
+            switch_back = True
+        else:
+            return None
+        if self.cache.missing(manifest.files):
+            return None  # a blob of the slot is not in the cache (any more): fetch it
         try:
-            engine = await asyncio.to_thread(Engine.load, previous.path, threads=self._threads)
-        except VariantError as e:
+            self._phase(target, DeploymentPhase.STAGING)
+            staged = await asyncio.to_thread(self.slots.stage, manifest, target.manifest_json,
+                                             target.signature, self.cache)
+            if not switch_back:
+                # The engine serving the active slot serves these very files: only the number
+                # changes. The old slot's directory is left to the next switch's clean-up.
+                await asyncio.to_thread(self.slots.activate, manifest.release, replace=True)
+                return self._settle(target, DeploymentPhase.ACTIVE)
+            engine = await asyncio.to_thread(Engine.load, staged, threads=self._threads)
+        except (VariantError, OSError) as e:
             return self._settle(target, DeploymentPhase.FAILED, reason=f"rollback: {e}")
+        except ManifestRefused as e:
+            return self._settle(target, DeploymentPhase.REFUSED, reason=str(e))
         await asyncio.to_thread(self.slots.activate, manifest.release)
         self._slot.install(engine, name=manifest.model, version=str(manifest.version), load_seconds=0.0)
+        await asyncio.to_thread(self._collect_garbage)
         phase = self._settle(target, DeploymentPhase.ROLLED_BACK)
         if self._on_active is not None:
             await self._on_active()
@@ -352,6 +386,16 @@ class Updater:
             log.error("%s is unreadable (%s); waiting for the controller's desired state",
                       self._state_path, e)
             return None
+
+
+def _parsed(slot: SlotInfo | None) -> Manifest | None:
+    """The manifest a slot was staged from (verified when it was staged and at start-up)."""
+    if slot is None:
+        return None
+    try:
+        return Manifest.from_json(json.loads(slot.manifest_json))
+    except (ValueError, ManifestRefused):
+        return None
 
 
 class _Progress:

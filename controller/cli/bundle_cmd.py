@@ -156,9 +156,12 @@ def _exported(v: dict[str, Any]) -> None:
               help="the bundle file to write (replaced if it exists)")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True,
               help="how long the export may take, e.g. 10m, 2h")
+@click.option("--allow-downgrade", is_flag=True,
+              help="let a device that runs a newer version of the model install this one")
 @json_option
 @click.pass_obj
-def export(obj: dict, model: str, profile: str, out: Path, timeout: str, as_json: bool) -> None:
+def export(obj: dict, model: str, profile: str, out: Path, timeout: str, allow_downgrade: bool,
+           as_json: bool) -> None:
     """Write the variant of NAME:VERSION for --profile, signed as a release, with every file it
     needs, into one file, for a device with no network path to the controller. The device
     installs it with `slmops-agent install-bundle FILE`, with the same checks as a network
@@ -166,7 +169,8 @@ def export(obj: dict, model: str, profile: str, out: Path, timeout: str, as_json
     timeout_s = duration_ms(timeout, "--timeout") / 1000
     _check_out(out)
     client = AdminClient(obj["config"])
-    request = admin_pb2.ExportBundleRequest(model=model, profile=profile)
+    request = admin_pb2.ExportBundleRequest(model=model, profile=profile,
+                                            allow_downgrade=allow_downgrade)
     temp = _temp_of(out)
     try:
         try:

@@ -248,9 +248,8 @@ def assign(obj: dict, device: str, model: str, as_json: bool) -> None:
 
 def _rolled_back(v: dict) -> None:
     d = v["device"]
-    target = f" ({v['model']})" if v["model"] else ""
-    click.echo(f"{d['name']} ({d['id']}): rolling back to release {v['release']}{target}; "
-               f"{_follow_hint(v)}")
+    target = f"{v['model']} as release {v['release']}" if v["model"] else f"release {v['release']}"
+    click.echo(f"{d['name']} ({d['id']}): rolling back to {target}; {_follow_hint(v)}")
 
 
 @devices.command("rollback")
@@ -258,14 +257,14 @@ def _rolled_back(v: dict) -> None:
 @json_option
 @click.pass_obj
 def rollback(obj: dict, device: str, as_json: bool) -> None:
-    """Back to the model the device ran before its current one: a signed rollback instruction;
-    the previous release is still on the device, so nothing is downloaded."""
+    """Back to the model the device ran before its current one: a signed rollback instruction,
+    a new release naming that model; its files are still on the device, so nothing is
+    downloaded."""
     client = AdminClient(obj["config"])
     response = client.call(client.stub.RollbackDevice, admin_pb2.RollbackDeviceRequest(id=device))
     dep, release = response.device.deployment, response.release
-    # The release it goes back to is its desired one now, and the previous one it reported.
-    model = dep.desired_model if dep.desired_release == release else \
-        dep.previous_model if dep.previous_release == release else ""
+    # The rollback instruction is the device's desired release now.
+    model = dep.desired_model if dep.desired_release == release else ""
     emit(_release_view(response.device, release, model), as_json, _rolled_back)
 
 

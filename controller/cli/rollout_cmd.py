@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli.client import AdminClient
-from controller.cli.output import console, emit, json_option, table, when
+from controller.cli.output import CliError, console, emit, json_option, table, when
 from controller.cli.token_cmd import duration_ms, parse_labels
 from protos import rollout_pb2
 
@@ -150,7 +150,8 @@ def _get(client: AdminClient, rollout_id: str) -> dict[str, Any]:
 
 @rollout.command("status")
 @click.argument("rollout_id")
-@click.option("--watch", is_flag=True, help="follow it live until it ends (Ctrl-C stops watching)")
+@click.option("--watch", is_flag=True, help="follow it live until it ends (Ctrl-C stops watching); "
+              "exits non-zero unless it ends succeeded")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="seconds between updates")
 @json_option
 @click.pass_obj
@@ -166,7 +167,8 @@ def status(obj: dict, rollout_id: str, watch: bool, interval: float, as_json: bo
                     r = _get(client, rollout_id)
                     live.update(render(r))
         except KeyboardInterrupt:
-            pass
+            return
+        _check_succeeded(r)
         return
     if watch:  # --json --watch: one JSON object per line as the state changes
         last = ""
@@ -176,10 +178,19 @@ def status(obj: dict, rollout_id: str, watch: bool, interval: float, as_json: bo
                 click.echo(line)
                 last = line
             if r["state"] in FINAL:
+                _check_succeeded(r)
                 return
             time.sleep(max(0.1, interval))
             r = _get(client, rollout_id)
     emit(r, as_json, lambda r: console.print(render(r)))
+
+
+def _check_succeeded(r: dict[str, Any]) -> None:
+    """--watch ends like the rollout: exit 0 only if it succeeded, so CI can wait on it."""
+    if r["state"] != "succeeded":
+        why = f": {r['reason']}" if r.get("reason") else ""
+        raise CliError(f"rollout {r['id']} ended {r['state']}{why}; see `slmops rollout status "
+                       f"{r['id']}`", f"rollout_{r['state']}")
 
 
 @rollout.command("list")

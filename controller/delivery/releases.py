@@ -7,9 +7,16 @@ profile needs and carries the on-device gate: the build's golden prompts with a 
 a little under what the variant scored at build time, and the profile's speed and memory limits.
 The signed bytes are stored; the newest one issued to a device is its desired state.
 
-A rollback goes back to the release the device reports as its previous one: that release's
-manifest signed again as a rollback instruction (``rollback_from`` = the release the device runs),
-with the same number, so the agent accepts a lower release only in that case.
+Every manifest signed here (an assignment, a bundle, a rollback instruction, a call-off) takes
+a new number from the store's counter, so release numbers only grow and a device can refuse
+anything at or below the highest release it accepted (agent/delivery/accepted.py).
+
+A rollback goes back to the release the device reports as its previous one: a new release that
+names that release's model version and files, flagged ``rollback`` and ``rollback_from`` = the
+release the device runs. A call-off (``stay``) is the same for the release the device runs,
+undoing an update still under way. A device runs an older version of the model it has only by
+such an instruction or by a manifest marked ``downgrade``: an operator's explicit assignment of
+NAME:VERSION, or a bundle exported with ``--allow-downgrade``.
 """
 
 from __future__ import annotations
@@ -89,17 +96,19 @@ class Releases:
         self._store, self._registry, self._blobs = store, registry, blobs
         self._key, self._profiles, self._ttl_ms = key, profiles, ttl_ms
         # Numbering, signing and storing one after another: a device's desired release is then
-        # always the highest number issued to it by an assignment.
+        # always the highest number issued to it.
         self._lock = threading.Lock()
 
     # --- issuing ---------------------------------------------------------------------------
 
-    def assign(self, device: DeviceRecord, ref: str, now_ms: int, *,
-               rollout_id: str = "") -> ReleaseRecord:
+    def assign(self, device: DeviceRecord, ref: str, now_ms: int, *, rollout_id: str = "",
+               downgrade: bool = False, min_accuracy: float = 0.0) -> ReleaseRecord:
         """Sign the variant of ``ref`` (NAME:VERSION, or NAME for its newest version) for the
         device's profile as a new release and make it the device's desired state. With
         ``rollout_id``, the device's row in that rollout is marked assigned in the same
-        transaction (Conflict if it was not pending)."""
+        transaction (Conflict if it was not pending). ``downgrade``: the device may take it even
+        if it runs a newer version of the model. ``min_accuracy``: the on-device gate's minimum
+        is at least this (a rollout's --min-device-accuracy), never below the build's."""
         self._check_active(device)
         profile_name = device.effective_profile
         if not profile_name:
@@ -113,10 +122,13 @@ class Releases:
                                  f"does not know ({e.args[0]}); choose one with `slmops devices "
                                  f"set-profile {device.name} PROFILE`") from None
         variant = self._variant(ref, profile_name, f" to {_who(device)}")
-        return self._issue(variant, profile, device.id, now_ms, rollout_id)
+        return self._issue(variant, profile, device.id, now_ms, rollout_id, downgrade=downgrade,
+                           min_accuracy=min_accuracy)
 
-    def for_bundle(self, ref: str, profile: str, now_ms: int) -> ReleaseRecord:
-        """A release of the variant of ``ref`` for ``profile``, issued to no device (a bundle)."""
+    def for_bundle(self, ref: str, profile: str, now_ms: int, *,
+                   allow_downgrade: bool = False) -> ReleaseRecord:
+        """A release of the variant of ``ref`` for ``profile``, issued to no device (a bundle).
+        A device running a newer version of the model refuses it unless ``allow_downgrade``."""
         if not profile:
             raise Invalid("profile: name the device profile the bundle is for (see `slmops profiles "
                           "list`)")
@@ -124,10 +136,12 @@ class Releases:
             chosen = self._profiles.get(profile)
         except KeyError as e:
             raise Invalid(f"profile: {e.args[0]}") from None
-        return self._issue(self._variant(ref, profile, " into a bundle"), chosen, "", now_ms)
+        return self._issue(self._variant(ref, profile, " into a bundle"), chosen, "", now_ms,
+                           downgrade=allow_downgrade)
 
     def rollback(self, device: DeviceRecord, now_ms: int) -> ReleaseRecord:
-        """Re-sign the device's previous release as a rollback instruction from the one it runs."""
+        """A rollback instruction from the release the device runs: a new release naming its
+        previous release's model version and files."""
         self._check_active(device)
         report = device.deployment
         if not report.previous_release:
@@ -148,18 +162,14 @@ class Releases:
             raise ReleaseRefused(f"the previous release {manifest.release} ({manifest.ref}) is the "
                                  f"{manifest.profile} variant, but {_who(device)} now runs profile "
                                  f"{device.effective_profile!r}; assign a model instead")
-        again = replace(manifest, rollback=True, rollback_from=report.active_release,
-                        issued_at_ms=now_ms, expires_at_ms=now_ms + self._ttl_ms)
-        with self._lock:
-            return self._save(again, device.id, now_ms)
+        return self._instruction(manifest, device.id, now_ms, rollback_from=report.active_release)
 
     def stay(self, device: DeviceRecord, now_ms: int, calling_off: int) -> ReleaseRecord:
-        """Re-sign the release the device runs as its desired state: the update to release
-        ``calling_off`` still under way is called off (the device drops it and keeps serving).
-
-        The device may finish that update before this reaches it, so the manifest is also a
-        rollback instruction from ``calling_off``: a device that switched meanwhile goes back
-        to the release it ran, where a plain older release would be refused as a rollback attack."""
+        """A rollback instruction from ``calling_off`` naming the release the device runs (by its
+        last report) as its desired state: the update to ``calling_off`` still under way is
+        called off (the device drops it and keeps serving those files, under the new number).
+        A device that finished that update before this reaches it, or that comes back from
+        being offline mid-update, goes back to the files it ran."""
         self._check_active(device)
         running = device.deployment.active_release
         if not running:
@@ -169,26 +179,35 @@ class Releases:
             raise ReleaseRefused(f"{_who(device)} reports release {running} as the one it runs, which "
                                  "this controller never issued; assign a model instead")
         manifest = Manifest.from_json(json.loads(current.manifest_json))  # our own, signed before
-        again = replace(manifest, rollback=True, rollback_from=calling_off, issued_at_ms=now_ms,
-                        expires_at_ms=now_ms + self._ttl_ms)
+        return self._instruction(manifest, device.id, now_ms, rollback_from=calling_off)
+
+    def _instruction(self, older: Manifest, device_id: str, now_ms: int, *,
+                     rollback_from: int) -> ReleaseRecord:
+        """``older`` again as a rollback instruction from ``rollback_from``, with a new number."""
         with self._lock:
-            return self._save(again, device.id, now_ms)
+            again = replace(older, release=self._store.next_release(), rollback=True,
+                            rollback_from=rollback_from, downgrade=False, issued_at_ms=now_ms,
+                            expires_at_ms=now_ms + self._ttl_ms)
+            return self._save(again, device_id, now_ms)
 
     def _issue(self, variant: VariantRecord, profile: DeviceProfile, device_id: str,
-               now_ms: int, rollout_id: str = "") -> ReleaseRecord:
+               now_ms: int, rollout_id: str = "", *, downgrade: bool = False,
+               min_accuracy: float = 0.0) -> ReleaseRecord:
         files = self._ingest(variant)
         model = self._registry.get(variant.model_ref)
         lineage = {**model.lineage, **{k: v for k, v in (("job_id", model.job_id),
                                                           ("variant_job_id", variant.job_id)) if v}}
+        gate = build_gate(variant, profile)
+        if min_accuracy > gate.min_accuracy:  # the stricter of the build's and the caller's
+            gate = replace(gate, min_accuracy=round(min(1.0, min_accuracy), 6))
         with self._lock:
             manifest = Manifest(
                 release=self._store.next_release(), model=variant.name, version=variant.version,
                 profile=variant.profile, precision=variant.precision, runtime=variant.runtime,
                 variant=variant.sha256, files=tuple(files), issued_at_ms=now_ms,
-                expires_at_ms=now_ms + self._ttl_ms, gate=build_gate(variant, profile),
-                requires=_requires(profile),
+                expires_at_ms=now_ms + self._ttl_ms, gate=gate, requires=_requires(profile),
                 metrics={k: variant.metrics[k] for k in METRIC_KEYS if k in variant.metrics},
-                lineage=lineage,
+                lineage=lineage, downgrade=downgrade,
             )
             return self._save(manifest, device_id, now_ms, rollout_id)
 

@@ -33,6 +33,12 @@ class Limits:
     waves_per_minute: float = 10.0
 
 
+def _min_accuracy(rollout: RolloutRecord) -> float:
+    """The rollout's --min-device-accuracy: the on-device gate holds the device to it before
+    the switch, so a canary that can't reach it never serves (0: the build's minimum alone)."""
+    return float(rollout.gates.get("min_device_accuracy", 0.0))
+
+
 def event(rollout_id: str, actor: str, action: str, detail: str, now_ms: int) -> RolloutEventRecord:
     return RolloutEventRecord(rollout_id, actor, action, detail, now_ms)
 
@@ -127,7 +133,8 @@ class WaveStepper:
                     self._offline_verdict(rollout, d, rollout.wave_started_ms, now)
                 continue
             try:
-                self._releases.assign(device, rollout.model, now, rollout_id=rollout.id)
+                self._releases.assign(device, rollout.model, now, rollout_id=rollout.id,
+                                      min_accuracy=_min_accuracy(rollout))
             except Conflict:
                 continue  # recorded as assigned already (by a step before a restart)
             except (ReleaseRefused, NotFound) as e:
@@ -192,7 +199,8 @@ class WaveStepper:
                 if device is None or device.removed_at_ms:
                     continue
                 try:
-                    release = self._releases.assign(device, rollout.model, now)
+                    release = self._releases.assign(device, rollout.model, now,
+                                                    min_accuracy=_min_accuracy(rollout))
                 except (ReleaseRefused, NotFound) as e:
                     self._set(d, now, reason=f"{d.reason}; can't be assigned: {e}")
                     continue
@@ -216,37 +224,41 @@ class WaveStepper:
             pushes.extend(self.roll_back(halted, SYSTEM, now))
 
     def roll_back(self, rollout: RolloutRecord, actor: str, now: int) -> list[str]:
-        """Every device this rollout switched goes back to its previous release, and one still
-        updating has its update called off; the rollout ends rolled_back. Devices whose update
-        failed never switched (the old model kept serving) and are left as they are."""
+        """Every device this rollout gave its release to goes back to what it ran before,
+        whatever its state: one that switched to its previous release, and one that did not
+        (still updating, failed, or offline mid-update and counted by the offline policy) has
+        its update called off, with the release it runs by its last report as its desired
+        state, so that it does not install the rollout's release when it returns. A device
+        whose desired state changed outside the rollout since is left alone. The rollout ends
+        rolled_back."""
         current = self._store.get_rollout(rollout.id)
         if current is None or current.state not in ROLLBACK_FROM:
             raise Conflict(f"rollout {rollout.id} is {self._state(rollout.id)}; it can't be rolled "
                            "back (again)")
         pushes, back, kept = [], [], []
         for d in self._store.rollout_devices(rollout.id):
-            if d.status not in ("active", "assigned"):
-                continue
+            if not d.release or d.status == "rolled_back":
+                continue  # never given the rollout's release (pending, skipped), or back already
             device = self._store.get_device(d.device_id)
             if device is None or device.removed_at_ms:
                 continue
-            switched = device.deployment.active_release == d.release
-            if not switched and d.status != "assigned":
-                kept.append(f"{d.device_name}: now runs release {device.deployment.active_release}")
+            if device.desired_release != d.release:
+                kept.append(f"{d.device_name}: assigned release {device.desired_release} outside "
+                            "this rollout since")
                 continue
-            # switched: back to its previous release; still updating: the update is called off
-            # (its desired state goes back to the release it runs, so it is not finished later)
+            switched = device.deployment.active_release == d.release
             try:
                 release = (self._releases.rollback(device, now) if switched else
                            self._releases.stay(device, now, calling_off=d.release))
             except (ReleaseRefused, NotFound) as e:
-                kept.append(f"{d.device_name}: {e}" if switched else f"{d.device_name}: still updating ({e})")
+                kept.append(f"{d.device_name}: {e}")
                 self._set(d, now, reason=f"not rolled back: {e}" if switched else
-                          f"was still updating when the rollout was rolled back: {e}")
+                          f"its update could not be called off when the rollout was rolled back: {e}")
                 continue
             self._set(d, now, status="rolled_back",
-                      reason=f"back to release {release.release} ({release.ref})" if switched else
-                      f"its update was called off; it stays on release {release.release} ({release.ref})")
+                      reason=f"back to {release.ref} as release {release.release}" if switched else
+                      f"its update was called off ({d.status}: {d.reason or 'updating'}); it stays on "
+                      f"{release.ref}, as release {release.release}")
             back.append(d.device_name)
             pushes.append(d.device_id)
         detail = f"{len(back)} device(s) back to their previous model: {', '.join(back) or '-'}"

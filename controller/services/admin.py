@@ -232,8 +232,12 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         await require_admin(context)
         ref = _model_ref(request.model)
         device = await self._find(request.id)
+        # An operator naming NAME:VERSION means that version, even an older one than the device
+        # runs: the manifest is marked as an intended downgrade (NAME alone: the newest version).
+        downgrade = ":" in ref
         # Hashing a new variant's files takes a while: off the loop, and off the writer thread.
-        release = await asyncio.to_thread(self._releases().assign, device, ref, now_ms())
+        release = await asyncio.to_thread(self._releases().assign, device, ref, now_ms(),
+                                          downgrade=downgrade)
         device = await self._desired_changed(device.id)
         return admin_pb2.AssignModelResponse(device=self._device(device), release=release.release)
 
@@ -251,7 +255,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         ref = _model_ref(request.model)
         validation.text("profile", request.profile, 64)
         releases = self._releases()
-        release = await asyncio.to_thread(releases.for_bundle, ref, request.profile, now_ms())
+        release = await asyncio.to_thread(releases.for_bundle, ref, request.profile, now_ms(),
+                                          allow_downgrade=request.allow_downgrade)
         blobs = await asyncio.to_thread(releases.bundle_blobs, release)
         # The bundle is written to an unnamed file beside the blobs (gone when closed), then
         # streamed from there: whatever way the tar is written, memory stays at one chunk.
