@@ -54,8 +54,15 @@ class RolloutEvent(enum.StrEnum):
 
     @property
     def past(self) -> str:
+        """For messages: "it cannot be paused"."""
         return {"pause": "paused", "resume": "resumed", "abort": "aborted",
-                "roll_back": "rolled back", "halt": "halted", "succeed": "finished"}[self.value]
+                "roll_back": "rolled back", "halt": "halted", "succeed": "succeeded"}[self.value]
+
+    @property
+    def audit_action(self) -> str:
+        """The RolloutEvent.action of the audit trail: paused, resumed, aborted, rolled_back,
+        halted, succeeded."""
+        return self.past.replace(" ", "_")
 
 
 S, E = RolloutState, RolloutEvent
