@@ -141,9 +141,16 @@ def test_a_canary_failing_the_on_device_gate_halts_and_leaves_the_others_alone(
     for d in done.devices[1:]:
         assert device_state_from_proto(d.state) == "pending" and d.release == 0
         assert _v2_releases(fleet.ctl, d.device_name) == 0
+    assert "called off: it stays on support:1" in canary.reason
     for name in NAMES:  # the canary never switched: the old model kept serving everywhere
         deployment = _device(fleet.ctl, name).deployment
-        assert (deployment.active_model, deployment.active_release) == ("support:1", fleet.first[name])
+        assert deployment.active_model == "support:1"
+        if name != canary.device_name:
+            assert deployment.active_release == fleet.first[name]
+    # the canary's desired state no longer names support:2: a call-off naming support:1
+    desired = _device(fleet.ctl, canary.device_name).deployment.desired_release
+    assert desired > canary.release
+    assert _phase(fleet.ctl, canary.device_name, desired, "active").active_model == "support:1"
 
 
 def test_pause_lets_in_flight_updates_finish_and_starts_nothing_until_resume(

@@ -73,10 +73,11 @@ def test_a_canary_failing_the_on_device_gate_halts_after_wave_1(
     [result] = done["gate_results"]
     assert (result["gate"], result["device_name"], result["passed"]) == ("max_failure", "edge-1", False)
 
-    # the canary never switched: by its own report the gate failed and support:1 stayed live
-    report = fleet.deployment("edge-1")
-    assert (int(report["desired_release"]), report["phase"]) == (int(canary["release"]), "failed")
-    assert (report["active_model"], int(report["active_release"])) == (V1, fleet.first["edge-1"])
+    # the canary never switched: its gate failed and support:1 stayed live; the rollback called
+    # its update off, so its desired state is support:1 again, under a new release
+    assert "called off" in canary["reason"]
+    report = fleet.back_on_v1(["edge-1"], ("active",))["edge-1"]
+    assert int(report["desired_release"]) > int(canary["release"])
     assert ask(serving_url(fleet.agents["edge-1"])) > 0  # and it still answers
     assert fleet.releases_of("edge-1") == [int(canary["release"])]
     for name in NAMES[1:]:  # the others were never touched

@@ -273,10 +273,15 @@ class WaveStepper:
                 self._set(d, now, reason=f"not rolled back: {e}" if switched else
                           f"its update could not be called off when the rollout was rolled back: {e}")
                 continue
-            self._set(d, now, status=RolloutDeviceState.ROLLED_BACK,
+            # A device whose own report said the update failed keeps that status and its reason,
+            # the figures the halt was about; every other one is rolled_back.
+            failed_there = d.status == RolloutDeviceState.FAILED and not d.reason.startswith("offline")
+            called_off = f"called off: it stays on {release.ref}, as release {release.release}"
+            self._set(d, now, status=RolloutDeviceState.FAILED if failed_there else
+                      RolloutDeviceState.ROLLED_BACK,
                       reason=f"back to {release.ref} as release {release.release}" if switched else
-                      f"its update was called off ({d.status}: {d.reason or 'updating'}); it stays on "
-                      f"{release.ref}, as release {release.release}")
+                      f"{d.reason}; {called_off}" if failed_there else
+                      f"its update was {called_off} ({d.status}: {d.reason or 'updating'})")
             back.append(d.device_name)
             pushes.append(d.device_id)
         detail = f"{len(back)} device(s) back to their previous model: {', '.join(back) or '-'}"
