@@ -310,6 +310,7 @@ def install_bundle(bundle: Path, data_dir: Path, as_json: bool) -> None:
 def _install_bundle_locked(bundle: Path, data_dir: Path, identity: Identity, as_json: bool) -> None:
     from agent.delivery.bundle import BundleError
     from agent.delivery.manifest import ManifestRefused
+    from agent.delivery.phases import DeploymentPhase
     from agent.delivery.storage import shortage
     from agent.delivery.updater import NO_SPACE, Updater
     from agent.engine import ModelSlot
@@ -344,5 +345,5 @@ def _install_bundle_locked(bundle: Path, data_dir: Path, identity: Identity, as_
     else:
         click.echo(f"{info['model']} (release {info['release']}): {phase}"
                    + (f": {info['reason']}" if info["reason"] else ""))
-    if phase not in ("active", "rolled_back"):
+    if phase not in (DeploymentPhase.ACTIVE, DeploymentPhase.ROLLED_BACK):
         sys.exit(EXIT_REFUSED)

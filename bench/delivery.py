@@ -59,6 +59,7 @@ from bench.delivery_agents import (
     watch_releases,
 )
 from bench.fleet_scale import machine
+from controller.cli.views import phase_word
 
 SIZE_50MB = {"hidden_size": 384, "num_layers": 8, "num_heads": 6, "num_kv_heads": 2,
              "intermediate_size": 1024, "max_position_embeddings": 512}
@@ -246,13 +247,14 @@ class Bench:
         deadline = time.monotonic() + ONE_TIMEOUT_S
         while True:  # fast: the downloading report with bytes_to_fetch is soon replaced
             d = self.admin.device("solo").deployment
+            phase = phase_word(d.deployment_phase, bool(d.updated_at_ms))
             working = d.desired_release == release
-            if working and d.phase == "downloading" and "bytes_to_fetch" in d.detail_json:
+            if working and phase == "downloading" and "bytes_to_fetch" in d.detail_json:
                 detail = json.loads(d.detail_json)
             if d.active_release == release:
                 break
-            if d.desired_release == release and d.phase in ("failed", "refused"):
-                raise BenchError(f"solo: release {release} {d.phase}: {d.reason}")
+            if d.desired_release == release and phase in ("failed", "refused"):
+                raise BenchError(f"solo: release {release} {phase}: {d.reason}")
             if time.monotonic() > deadline:
                 raise BenchError(f"solo: release {release} not active after {ONE_TIMEOUT_S:.0f} s")
             time.sleep(0.01)

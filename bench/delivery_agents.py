@@ -28,6 +28,7 @@ from agent.identity import Identity
 from agent.link import CHANNEL_OPTIONS, channel_credentials
 from bench.controller_proc import BenchError
 from controller.child_launcher import with_parent_death
+from controller.cli.views import phase_word
 from controller.client_config import ClientConfig
 from protos import admin_pb2, admin_pb2_grpc, delivery_pb2, delivery_pb2_grpc
 
@@ -189,13 +190,14 @@ def watch_releases(admin: Admin, releases: dict[str, int], t0: Clock, timeout_s:
             d, mark = devices[name].deployment, seen[name]
             stamped = min(now, d.updated_at_ms / 1000 - t0.wall) if d.updated_at_ms else now
             is_active = d.active_release == release
+            phase = phase_word(d.deployment_phase, bool(d.updated_at_ms))
             if mark["downloaded_s"] is None and (is_active or (
-                    d.desired_release == release and d.phase in ("verifying", "staging", "gating"))):
+                    d.desired_release == release and phase in ("verifying", "staging", "gating"))):
                 mark["downloaded_s"] = stamped
             if mark["active_s"] is None and is_active:
                 mark["active_s"] = stamped
-            if d.desired_release == release and d.phase in ("failed", "refused") and not is_active:
-                raise BenchError(f"{name}: release {release} {d.phase}: {d.reason}")
+            if d.desired_release == release and phase in ("failed", "refused") and not is_active:
+                raise BenchError(f"{name}: release {release} {phase}: {d.reason}")
         done = sum(1 for m in seen.values() if m["active_s"] is not None)
         if done == len(releases):
             return seen

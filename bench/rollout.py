@@ -67,6 +67,8 @@ from bench.delivery_agents import (
 )
 from bench.fleet_scale import machine
 from bench.rollout_fleet import FleetProc, agent_lines, log_time
+from controller.cli.views import phase_word
+from controller.rollouts import states
 from protos import rollout_pb2
 
 sys.path.insert(0, str(REPO / "tests"))  # the tests' tiny variants and process harness
@@ -78,6 +80,14 @@ MODEL = "support"
 LABELS = {"bench": "rollout"}
 GOLDEN_N = 4
 FINAL = ("succeeded", "halted", "aborted", "rolled_back")
+
+
+def _state(r: rollout_pb2.Rollout) -> str:
+    return states.rollout_state_from_proto(r.rollout_state)
+
+
+def _status(d: rollout_pb2.RolloutDevice) -> str:
+    return states.device_state_from_proto(d.state)
 POLL_S = 0.25
 GATES = ("--min-device-accuracy", "0.9", "--max-error-rate", "0.1")
 TARGET_BACK_S = 30.0
@@ -409,16 +419,17 @@ class Bench:
                 on_poll(r)
             # A halt with auto-rollback writes "halted", then rolls back device by device, then
             # writes its "rolled_back" event: done once that is there.
-            if r.state in FINAL and not (r.auto_rollback and events(r, "halted")
+            if _state(r) in FINAL and not (r.auto_rollback and events(r, "halted")
                                          and not events(r, "rolled_back")):
                 return r, bakes
-            if time.monotonic() - last > 5 or r.state != state:
-                last, state = time.monotonic(), r.state
+            if time.monotonic() - last > 5 or _state(r) != state:
+                last, state = time.monotonic(), _state(r)
                 w = r.waves[r.current_wave]
-                say(f"  {r.state}, wave {r.current_wave + 1}/{len(r.waves)} {w.state}: "
+                say(f"  {state}, wave {r.current_wave + 1}/{len(r.waves)} "
+                    f"{states.wave_state_from_proto(w.wave_state)}: "
                     f"{w.active} active, {w.failed} failed, {w.pending} pending of {w.size}")
             if time.monotonic() > deadline:
-                raise BenchError(f"rollout {rollout_id} still {r.state} after the timeout")
+                raise BenchError(f"rollout {rollout_id} still {_state(r)} after the timeout")
             time.sleep(POLL_S)
 
     def meter(self) -> Meter:
@@ -431,8 +442,8 @@ class Bench:
         rollout_id = self.create(versions["v2"]["ref"])
         r, bakes = self.follow(rollout_id)
         usage = meter.stop()
-        if r.state != "succeeded":
-            raise BenchError(f"rollout {rollout_id} ended {r.state}: {r.reason}")
+        if _state(r) != "succeeded":
+            raise BenchError(f"rollout {rollout_id} ended {_state(r)}: {r.reason}")
         waves = wave_figures(r, bakes, versions["v2"]["bytes"])
         total = (r.finished_at_ms - r.created_at_ms) / 1000
         not_on_v2 = [n for n, d in self.admin.devices().items()  # type: ignore[union-attr]
@@ -440,7 +451,7 @@ class Bench:
         if not_on_v2:
             raise BenchError(f"after the rollout, {len(not_on_v2)} devices are not on v2: {not_on_v2[:5]}")
         phases = device_phases(self.agent_lines(), self.names, r.model, r.created_at_ms / 1000)
-        self.results["rollout"] = {"id": rollout_id, "model": r.model, "state": r.state,
+        self.results["rollout"] = {"id": rollout_id, "model": r.model, "state": _state(r),
                                    "waves": waves, "total_s": round(total, 2), "devices": phases,
                                    "usage": usage}
         say(f"rollout {rollout_id} succeeded in {total:.1f} s: " + "; ".join(
@@ -456,7 +467,7 @@ class Bench:
         def traffic(r: rollout_pb2.Rollout) -> None:
             if sent or r.current_wave != a.fail_wave - 1 or not r.bake_started_ms:
                 return
-            names = [d.device_name for d in r.devices if d.wave == a.fail_wave - 1 and d.status == "active"]
+            names = [d.device_name for d in r.devices if d.wave == a.fail_wave - 1 and _status(d) == "active"]
             sent.update(self.bad_traffic(names))
             sent["after_bake_start_s"] = round(time.time() - r.bake_started_ms / 1000, 2)
             say(f"  sent wave {a.fail_wave}'s {len(names)} devices {sent['requests']} requests, "
@@ -464,7 +475,7 @@ class Bench:
 
         r, bakes = self.follow(rollout_id, traffic)
         if not events(r, "halted"):
-            raise BenchError(f"rollout {rollout_id} ended {r.state} without a halt; the failing "
+            raise BenchError(f"rollout {rollout_id} ended {_state(r)} without a halt; the failing "
                              "traffic did not fail the gate (see the rollout's gate results)")
         halted = events(r, "halted")[0]
         issued = events(r, "rolled_back")
@@ -472,14 +483,14 @@ class Bench:
         assert self.admin is not None
         desired = self.admin.devices()
         targets = {d.device_name: (desired[d.device_name].deployment.desired_release, d.previous_model)
-                   for d in r.devices if d.status == "rolled_back"}
+                   for d in r.devices if _status(d) == "rolled_back"}
         back = self.wait_back(r, targets, halted.at_ms)
         usage = meter.stop()
         time.sleep(0.5)  # the last log lines
         stages = rollback_stages(self.ctl.proc.err_path, self.agent_lines(), rollout_id, halted.at_ms,
                                  targets)
         self.results["failure"] = {
-            "id": rollout_id, "model": r.model, "state": r.state, "fail_wave": a.fail_wave,
+            "id": rollout_id, "model": r.model, "state": _state(r), "fail_wave": a.fail_wave,
             "reason": r.reason, "traffic": sent, "waves": wave_figures(r, bakes, 0),
             "halted_after_created_s": round((halted.at_ms - r.created_at_ms) / 1000, 2),
             "rollback_detail": issued[0].detail[:300] if issued else "", **back, "stages": stages,
@@ -534,8 +545,8 @@ class Bench:
         instruction's release and the previous model) reports that release active; seconds from
         the halt to each report (the controller's stamp of it)."""
         assert self.admin is not None
-        kept = [f"{d.device_name}: {d.status} {d.reason}" for d in r.devices
-                if d.status not in ("rolled_back", "pending", "skipped", "failed")]
+        kept = [f"{d.device_name}: {_status(d)} {d.reason}" for d in r.devices
+                if _status(d) not in ("rolled_back", "pending", "skipped", "failed")]
         if not targets:
             raise BenchError(f"rollout {r.id} rolled no device back; devices: {kept[:5]}")
         seen: dict[str, float] = {}
@@ -544,14 +555,15 @@ class Bench:
             devices, now_ms = self.admin.devices(), time.time() * 1000
             for name, (release, model) in targets.items():
                 d = devices[name].deployment
+                phase = phase_word(d.deployment_phase, bool(d.updated_at_ms))
                 if name not in seen and d.active_release == release and d.desired_release == release \
-                        and d.phase in ("rolled_back", "active"):
+                        and phase in ("rolled_back", "active"):
                     if d.active_model != model:
                         raise BenchError(f"{name} is back on release {release} but reports "
                                          f"{d.active_model}, not {model}")
                     seen[name] = (min(now_ms, d.updated_at_ms or now_ms) - halted_ms) / 1000
-                elif d.desired_release == release and d.phase in ("failed", "refused"):
-                    raise BenchError(f"{name}: rollback to release {release} {d.phase}: {d.reason}")
+                elif d.desired_release == release and phase in ("failed", "refused"):
+                    raise BenchError(f"{name}: rollback to release {release} {phase}: {d.reason}")
             if time.monotonic() > deadline:
                 raise BenchError(f"only {len(seen)} of {len(targets)} devices back after 300 s")
             time.sleep(0.1)

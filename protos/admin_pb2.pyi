@@ -1,4 +1,5 @@
 from protos import common_pb2 as _common_pb2
+from protos import delivery_pb2 as _delivery_pb2
 from protos import rollout_pb2 as _rollout_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -122,7 +123,7 @@ class Device(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., profile: _Optional[str] = ..., agent_version: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., acked_through_seq: _Optional[int] = ..., spool_dropped_total: _Optional[int] = ..., desired_generation: _Optional[int] = ..., matched_profile: _Optional[str] = ..., profile_override: _Optional[str] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("desired_model", "desired_release", "desired_variant", "active_model", "active_release", "previous_model", "previous_release", "phase", "reason", "bytes_done", "bytes_total", "bytes_per_s", "detail_json", "updated_at_ms")
+    __slots__ = ("desired_model", "desired_release", "desired_variant", "active_model", "active_release", "previous_model", "previous_release", "reason", "bytes_done", "bytes_total", "bytes_per_s", "detail_json", "updated_at_ms", "deployment_phase")
     DESIRED_MODEL_FIELD_NUMBER: _ClassVar[int]
     DESIRED_RELEASE_FIELD_NUMBER: _ClassVar[int]
     DESIRED_VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -130,13 +131,13 @@ class Deployment(_message.Message):
     ACTIVE_RELEASE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_MODEL_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_RELEASE_FIELD_NUMBER: _ClassVar[int]
-    PHASE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_PHASE_FIELD_NUMBER: _ClassVar[int]
     desired_model: str
     desired_release: int
     desired_variant: str
@@ -144,14 +145,14 @@ class Deployment(_message.Message):
     active_release: int
     previous_model: str
     previous_release: int
-    phase: str
     reason: str
     bytes_done: int
     bytes_total: int
     bytes_per_s: float
     detail_json: str
     updated_at_ms: int
-    def __init__(self, desired_model: _Optional[str] = ..., desired_release: _Optional[int] = ..., desired_variant: _Optional[str] = ..., active_model: _Optional[str] = ..., active_release: _Optional[int] = ..., previous_model: _Optional[str] = ..., previous_release: _Optional[int] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_per_s: _Optional[float] = ..., detail_json: _Optional[str] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    deployment_phase: _delivery_pb2.DeploymentPhase
+    def __init__(self, desired_model: _Optional[str] = ..., desired_release: _Optional[int] = ..., desired_variant: _Optional[str] = ..., active_model: _Optional[str] = ..., active_release: _Optional[int] = ..., previous_model: _Optional[str] = ..., previous_release: _Optional[int] = ..., reason: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_per_s: _Optional[float] = ..., detail_json: _Optional[str] = ..., updated_at_ms: _Optional[int] = ..., deployment_phase: _Optional[_Union[_delivery_pb2.DeploymentPhase, str]] = ...) -> None: ...
 
 class AssignModelRequest(_message.Message):
     __slots__ = ("id", "model")

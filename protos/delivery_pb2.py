@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/delivery.proto\x12\tslmops.v1\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"7\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\":\n\x0eSignedManifest\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x9a\x02\n\x10\x44\x65ploymentStatus\x12\x0f\n\x07release\x18\x01 \x01(\x04\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nbytes_done\x18\x05 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_per_s\x18\x07 \x01(\x01\x12\x14\n\x0c\x61\x63tive_model\x18\x08 \x01(\t\x12\x16\n\x0e\x61\x63tive_release\x18\t \x01(\x04\x12\x16\n\x0eprevious_model\x18\n \x01(\t\x12\x18\n\x10previous_release\x18\x0b \x01(\x04\x12\x13\n\x0b\x64\x65tail_json\x18\x0c \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\r \x01(\x03\x32S\n\x0f\x44\x65liveryService\x12@\n\tFetchBlob\x12\x1b.slmops.v1.FetchBlobRequest\x1a\x14.slmops.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/delivery.proto\x12\tslmops.v1\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"7\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\":\n\x0eSignedManifest\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xce\x02\n\x10\x44\x65ploymentStatus\x12\x0f\n\x07release\x18\x01 \x01(\x04\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nbytes_done\x18\x05 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_per_s\x18\x07 \x01(\x01\x12\x14\n\x0c\x61\x63tive_model\x18\x08 \x01(\t\x12\x16\n\x0e\x61\x63tive_release\x18\t \x01(\x04\x12\x16\n\x0eprevious_model\x18\n \x01(\t\x12\x18\n\x10previous_release\x18\x0b \x01(\x04\x12\x13\n\x0b\x64\x65tail_json\x18\x0c \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\r \x01(\x03\x12\x34\n\x10\x64\x65ployment_phase\x18\x0e \x01(\x0e\x32\x1a.slmops.v1.DeploymentPhaseJ\x04\x08\x03\x10\x04R\x05phase*\xaa\x02\n\x0f\x44\x65ploymentPhase\x12 \n\x1c\x44\x45PLOYMENT_PHASE_UNSPECIFIED\x10\x00\x12 \n\x1c\x44\x45PLOYMENT_PHASE_DOWNLOADING\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_PHASE_VERIFYING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_PHASE_STAGING\x10\x03\x12\x1b\n\x17\x44\x45PLOYMENT_PHASE_GATING\x10\x04\x12\x1b\n\x17\x44\x45PLOYMENT_PHASE_ACTIVE\x10\x05\x12\x1b\n\x17\x44\x45PLOYMENT_PHASE_FAILED\x10\x06\x12\x1c\n\x18\x44\x45PLOYMENT_PHASE_REFUSED\x10\x07\x12 \n\x1c\x44\x45PLOYMENT_PHASE_ROLLED_BACK\x10\x08\x32S\n\x0f\x44\x65liveryService\x12@\n\tFetchBlob\x12\x1b.slmops.v1.FetchBlobRequest\x1a\x14.slmops.v1.BlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.delivery_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DEPLOYMENTPHASE']._serialized_start=543
+  _globals['_DEPLOYMENTPHASE']._serialized_end=841
   _globals['_FETCHBLOBREQUEST']._serialized_start=36
   _globals['_FETCHBLOBREQUEST']._serialized_end=86
   _globals['_BLOBCHUNK']._serialized_start=88
@@ -38,7 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDMANIFEST']._serialized_start=145
   _globals['_SIGNEDMANIFEST']._serialized_end=203
   _globals['_DEPLOYMENTSTATUS']._serialized_start=206
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=488
-  _globals['_DELIVERYSERVICE']._serialized_start=490
-  _globals['_DELIVERYSERVICE']._serialized_end=573
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=540
+  _globals['_DELIVERYSERVICE']._serialized_start=843
+  _globals['_DELIVERYSERVICE']._serialized_end=926
 # @@protoc_insertion_point(module_scope)

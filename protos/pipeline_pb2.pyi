@@ -1,10 +1,26 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
 
 class JobProgress(_message.Message):
     __slots__ = ("step", "step_index", "step_count", "task", "percent", "loss", "eta_s")
@@ -25,11 +41,10 @@ class JobProgress(_message.Message):
     def __init__(self, step: _Optional[str] = ..., step_index: _Optional[int] = ..., step_count: _Optional[int] = ..., task: _Optional[str] = ..., percent: _Optional[float] = ..., loss: _Optional[float] = ..., eta_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "recipe_name", "status", "progress", "error", "created_at_ms", "started_at_ms", "finished_at_ms", "models", "attempts", "target", "result_json")
+    __slots__ = ("id", "kind", "recipe_name", "progress", "error", "created_at_ms", "started_at_ms", "finished_at_ms", "models", "attempts", "target", "result_json", "state")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     RECIPE_NAME_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -39,10 +54,10 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     recipe_name: str
-    status: str
     progress: JobProgress
     error: str
     created_at_ms: int
@@ -52,7 +67,8 @@ class Job(_message.Message):
     attempts: int
     target: str
     result_json: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., recipe_name: _Optional[str] = ..., status: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., target: _Optional[str] = ..., result_json: _Optional[str] = ...) -> None: ...
+    state: JobState
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., recipe_name: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., target: _Optional[str] = ..., result_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("path", "data")
@@ -83,12 +99,12 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("status", "limit")
-    STATUS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("limit", "states")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
-    status: _containers.RepeatedScalarFieldContainer[str]
+    STATES_FIELD_NUMBER: _ClassVar[int]
     limit: int
-    def __init__(self, status: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    states: _containers.RepeatedScalarFieldContainer[JobState]
+    def __init__(self, limit: _Optional[int] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)

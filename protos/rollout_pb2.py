@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos import delivery_pb2 as protos_dot_delivery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/rollout.proto\x12\tslmops.v1\"\xd4\x01\n\x0cRolloutGates\x12 \n\x13min_device_accuracy\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_p95_ms\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0emax_error_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10max_memory_bytes\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x16\n\x14_min_device_accuracyB\r\n\x0b_max_p95_msB\x11\n\x0f_max_error_rateB\x13\n\x11_max_memory_bytes\"j\n\x0bRolloutWave\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\x0f\n\x07pending\x18\x06 \x01(\x05\"\x85\x02\n\rRolloutDevice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x0c\n\x04wave\x18\x03 \x01(\x05\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0f\n\x07release\x18\x06 \x01(\x04\x12\x18\n\x10previous_release\x18\x07 \x01(\x04\x12\x16\n\x0eprevious_model\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x14\n\x0c\x66igures_json\x18\n \x01(\t\x12\r\n\x05phase\x18\x0b \x01(\t\x12\x0e\n\x06online\x18\x0c \x01(\x08\x12\x15\n\rupdated_at_ms\x18\r \x01(\x03\"\x9e\x01\n\nGateResult\x12\x0c\n\x04gate\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06passed\x18\x06 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\tB\x08\n\x06_valueB\x08\n\x06_limit\"L\n\x0cRolloutEvent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x86\x05\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08selector\x18\x03 \x03(\x0b\x32 .slmops.v1.Rollout.SelectorEntry\x12\x12\n\nwaves_spec\x18\x04 \x01(\t\x12%\n\x05waves\x18\x05 \x03(\x0b\x32\x16.slmops.v1.RolloutWave\x12\x0f\n\x07\x62\x61ke_ms\x18\x06 \x01(\x03\x12\x13\n\x0bmax_failure\x18\x07 \x01(\t\x12&\n\x05gates\x18\x08 \x01(\x0b\x32\x17.slmops.v1.RolloutGates\x12\x15\n\rauto_rollback\x18\t \x01(\x08\x12\x1a\n\x12offline_timeout_ms\x18\n \x01(\x03\x12\x16\n\x0eoffline_policy\x18\x0b \x01(\t\x12\r\n\x05state\x18\x0c \x01(\t\x12\x14\n\x0c\x63urrent_wave\x18\r \x01(\x05\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x12\n\ncreated_by\x18\x0f \x01(\t\x12\x15\n\rcreated_at_ms\x18\x10 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x11 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x12 \x01(\x03\x12\x17\n\x0f\x62\x61ke_started_ms\x18\x13 \x01(\x03\x12)\n\x07\x64\x65vices\x18\x14 \x03(\x0b\x32\x18.slmops.v1.RolloutDevice\x12+\n\x0cgate_results\x18\x15 \x03(\x0b\x32\x15.slmops.v1.GateResult\x12\'\n\x06\x65vents\x18\x16 \x03(\x0b\x32\x17.slmops.v1.RolloutEvent\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x02\n\x14\x43reateRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12?\n\x08selector\x18\x02 \x03(\x0b\x32-.slmops.v1.CreateRolloutRequest.SelectorEntry\x12\r\n\x05waves\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61ke_ms\x18\x04 \x01(\x03\x12\x13\n\x0bmax_failure\x18\x05 \x01(\t\x12&\n\x05gates\x18\x06 \x01(\x0b\x32\x17.slmops.v1.RolloutGates\x12\x18\n\x10no_auto_rollback\x18\x07 \x01(\x08\x12\x1a\n\x12offline_timeout_ms\x18\x08 \x01(\x03\x12\x16\n\x0eoffline_policy\x18\t \x01(\t\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x15\x43reateRolloutResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.slmops.v1.Rollout\"\x1f\n\x11GetRolloutRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetRolloutResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.slmops.v1.Rollout\"%\n\x13ListRolloutsRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\"<\n\x14ListRolloutsResponse\x12$\n\x08rollouts\x18\x01 \x03(\x0b\x32\x12.slmops.v1.Rollout\"\"\n\x14RolloutActionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x15RolloutActionResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.slmops.v1.Rolloutb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/rollout.proto\x12\tslmops.v1\x1a\x15protos/delivery.proto\"\xd4\x01\n\x0cRolloutGates\x12 \n\x13min_device_accuracy\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_p95_ms\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0emax_error_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10max_memory_bytes\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x16\n\x14_min_device_accuracyB\r\n\x0b_max_p95_msB\x11\n\x0f_max_error_rateB\x13\n\x11_max_memory_bytes\"\x92\x01\n\x0bRolloutWave\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\x0f\n\x07pending\x18\x06 \x01(\x05\x12(\n\nwave_state\x18\x07 \x01(\x0e\x32\x14.slmops.v1.WaveStateJ\x04\x08\x03\x10\x04R\x05state\"\xe5\x02\n\rRolloutDevice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x0c\n\x04wave\x18\x03 \x01(\x05\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x0f\n\x07release\x18\x06 \x01(\x04\x12\x18\n\x10previous_release\x18\x07 \x01(\x04\x12\x16\n\x0eprevious_model\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x14\n\x0c\x66igures_json\x18\n \x01(\t\x12\x0e\n\x06online\x18\x0c \x01(\x08\x12\x15\n\rupdated_at_ms\x18\r \x01(\x03\x12,\n\x05state\x18\x0e \x01(\x0e\x32\x1d.slmops.v1.RolloutDeviceState\x12\x34\n\x10\x64\x65ployment_phase\x18\x0f \x01(\x0e\x32\x1a.slmops.v1.DeploymentPhaseJ\x04\x08\x05\x10\x06J\x04\x08\x0b\x10\x0cR\x06statusR\x05phase\"\x9e\x01\n\nGateResult\x12\x0c\n\x04gate\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06passed\x18\x06 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\tB\x08\n\x06_valueB\x08\n\x06_limit\"L\n\x0cRolloutEvent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xb4\x05\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08selector\x18\x03 \x03(\x0b\x32 .slmops.v1.Rollout.SelectorEntry\x12\x12\n\nwaves_spec\x18\x04 \x01(\t\x12%\n\x05waves\x18\x05 \x03(\x0b\x32\x16.slmops.v1.RolloutWave\x12\x0f\n\x07\x62\x61ke_ms\x18\x06 \x01(\x03\x12\x13\n\x0bmax_failure\x18\x07 \x01(\t\x12&\n\x05gates\x18\x08 \x01(\x0b\x32\x17.slmops.v1.RolloutGates\x12\x15\n\rauto_rollback\x18\t \x01(\x08\x12\x1a\n\x12offline_timeout_ms\x18\n \x01(\x03\x12\x16\n\x0eoffline_policy\x18\x0b \x01(\t\x12\x14\n\x0c\x63urrent_wave\x18\r \x01(\x05\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x12\n\ncreated_by\x18\x0f \x01(\t\x12\x15\n\rcreated_at_ms\x18\x10 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x11 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x12 \x01(\x03\x12\x17\n\x0f\x62\x61ke_started_ms\x18\x13 \x01(\x03\x12)\n\x07\x64\x65vices\x18\x14 \x03(\x0b\x32\x18.slmops.v1.RolloutDevice\x12+\n\x0cgate_results\x18\x15 \x03(\x0b\x32\x15.slmops.v1.GateResult\x12\'\n\x06\x65vents\x18\x16 \x03(\x0b\x32\x17.slmops.v1.RolloutEvent\x12.\n\rrollout_state\x18\x17 \x01(\x0e\x32\x17.slmops.v1.RolloutState\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x0c\x10\rR\x05state\"\xc2\x02\n\x14\x43reateRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12?\n\x08selector\x18\x02 \x03(\x0b\x32-.slmops.v1.CreateRolloutRequest.SelectorEntry\x12\r\n\x05waves\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61ke_ms\x18\x04 \x01(\x03\x12\x13\n\x0bmax_failure\x18\x05 \x01(\t\x12&\n\x05gates\x18\x06 \x01(\x0b\x32\x17.slmops.v1.RolloutGates\x12\x18\n\x10no_auto_rollback\x18\x07 \x01(\x08\x12\x1a\n\x12offline_timeout_ms\x18\x08 \x01(\x03\x12\x16\n\x0eoffline_policy\x18\t \x01(\t\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x15\x43reateRolloutResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.slmops.v1.Rollout\"\x1f\n\x11GetRolloutRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetRolloutResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.slmops.v1.Rollout\"T\n\x13ListRolloutsRequest\x12/\n\x0erollout_states\x18\x02 \x03(\x0e\x32\x17.slmops.v1.RolloutStateJ\x04\x08\x01\x10\x02R\x06states\"<\n\x14ListRolloutsResponse\x12$\n\x08rollouts\x18\x01 \x03(\x0b\x32\x12.slmops.v1.Rollout\"\"\n\x14RolloutActionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x15RolloutActionResponse\x12#\n\x07rollout\x18\x01 \x01(\x0b\x32\x12.slmops.v1.Rollout*\xd3\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_STATE_RUNNING\x10\x01\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x02\x12\x18\n\x14ROLLOUT_STATE_HALTED\x10\x03\x12\x1b\n\x17ROLLOUT_STATE_SUCCEEDED\x10\x04\x12\x19\n\x15ROLLOUT_STATE_ABORTED\x10\x05\x12\x1d\n\x19ROLLOUT_STATE_ROLLED_BACK\x10\x06*\x89\x02\n\x12RolloutDeviceState\x12$\n ROLLOUT_DEVICE_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cROLLOUT_DEVICE_STATE_PENDING\x10\x01\x12!\n\x1dROLLOUT_DEVICE_STATE_ASSIGNED\x10\x02\x12\x1f\n\x1bROLLOUT_DEVICE_STATE_ACTIVE\x10\x03\x12\x1f\n\x1bROLLOUT_DEVICE_STATE_FAILED\x10\x04\x12 \n\x1cROLLOUT_DEVICE_STATE_SKIPPED\x10\x05\x12$\n ROLLOUT_DEVICE_STATE_ROLLED_BACK\x10\x06*\xb4\x01\n\tWaveState\x12\x1a\n\x16WAVE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12WAVE_STATE_PENDING\x10\x01\x12\x16\n\x12WAVE_STATE_RUNNING\x10\x02\x12\x15\n\x11WAVE_STATE_BAKING\x10\x03\x12\x15\n\x11WAVE_STATE_PASSED\x10\x04\x12\x15\n\x11WAVE_STATE_HALTED\x10\x05\x12\x16\n\x12WAVE_STATE_STOPPED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +36,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLLOUT_SELECTORENTRY']._serialized_options = b'8\001'
   _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._loaded_options = None
   _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_ROLLOUTGATES']._serialized_start=36
-  _globals['_ROLLOUTGATES']._serialized_end=248
-  _globals['_ROLLOUTWAVE']._serialized_start=250
-  _globals['_ROLLOUTWAVE']._serialized_end=356
-  _globals['_ROLLOUTDEVICE']._serialized_start=359
-  _globals['_ROLLOUTDEVICE']._serialized_end=620
-  _globals['_GATERESULT']._serialized_start=623
-  _globals['_GATERESULT']._serialized_end=781
-  _globals['_ROLLOUTEVENT']._serialized_start=783
-  _globals['_ROLLOUTEVENT']._serialized_end=859
-  _globals['_ROLLOUT']._serialized_start=862
-  _globals['_ROLLOUT']._serialized_end=1508
-  _globals['_ROLLOUT_SELECTORENTRY']._serialized_start=1461
-  _globals['_ROLLOUT_SELECTORENTRY']._serialized_end=1508
-  _globals['_CREATEROLLOUTREQUEST']._serialized_start=1511
-  _globals['_CREATEROLLOUTREQUEST']._serialized_end=1833
-  _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._serialized_start=1461
-  _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._serialized_end=1508
-  _globals['_CREATEROLLOUTRESPONSE']._serialized_start=1835
-  _globals['_CREATEROLLOUTRESPONSE']._serialized_end=1895
-  _globals['_GETROLLOUTREQUEST']._serialized_start=1897
-  _globals['_GETROLLOUTREQUEST']._serialized_end=1928
-  _globals['_GETROLLOUTRESPONSE']._serialized_start=1930
-  _globals['_GETROLLOUTRESPONSE']._serialized_end=1987
-  _globals['_LISTROLLOUTSREQUEST']._serialized_start=1989
-  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2026
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2028
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2088
-  _globals['_ROLLOUTACTIONREQUEST']._serialized_start=2090
-  _globals['_ROLLOUTACTIONREQUEST']._serialized_end=2124
-  _globals['_ROLLOUTACTIONRESPONSE']._serialized_start=2126
-  _globals['_ROLLOUTACTIONRESPONSE']._serialized_end=2186
+  _globals['_ROLLOUTSTATE']._serialized_start=2442
+  _globals['_ROLLOUTSTATE']._serialized_end=2653
+  _globals['_ROLLOUTDEVICESTATE']._serialized_start=2656
+  _globals['_ROLLOUTDEVICESTATE']._serialized_end=2921
+  _globals['_WAVESTATE']._serialized_start=2924
+  _globals['_WAVESTATE']._serialized_end=3104
+  _globals['_ROLLOUTGATES']._serialized_start=59
+  _globals['_ROLLOUTGATES']._serialized_end=271
+  _globals['_ROLLOUTWAVE']._serialized_start=274
+  _globals['_ROLLOUTWAVE']._serialized_end=420
+  _globals['_ROLLOUTDEVICE']._serialized_start=423
+  _globals['_ROLLOUTDEVICE']._serialized_end=780
+  _globals['_GATERESULT']._serialized_start=783
+  _globals['_GATERESULT']._serialized_end=941
+  _globals['_ROLLOUTEVENT']._serialized_start=943
+  _globals['_ROLLOUTEVENT']._serialized_end=1019
+  _globals['_ROLLOUT']._serialized_start=1022
+  _globals['_ROLLOUT']._serialized_end=1714
+  _globals['_ROLLOUT_SELECTORENTRY']._serialized_start=1654
+  _globals['_ROLLOUT_SELECTORENTRY']._serialized_end=1701
+  _globals['_CREATEROLLOUTREQUEST']._serialized_start=1717
+  _globals['_CREATEROLLOUTREQUEST']._serialized_end=2039
+  _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._serialized_start=1654
+  _globals['_CREATEROLLOUTREQUEST_SELECTORENTRY']._serialized_end=1701
+  _globals['_CREATEROLLOUTRESPONSE']._serialized_start=2041
+  _globals['_CREATEROLLOUTRESPONSE']._serialized_end=2101
+  _globals['_GETROLLOUTREQUEST']._serialized_start=2103
+  _globals['_GETROLLOUTREQUEST']._serialized_end=2134
+  _globals['_GETROLLOUTRESPONSE']._serialized_start=2136
+  _globals['_GETROLLOUTRESPONSE']._serialized_end=2193
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=2195
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2279
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2281
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2341
+  _globals['_ROLLOUTACTIONREQUEST']._serialized_start=2343
+  _globals['_ROLLOUTACTIONREQUEST']._serialized_end=2377
+  _globals['_ROLLOUTACTIONRESPONSE']._serialized_start=2379
+  _globals['_ROLLOUTACTIONRESPONSE']._serialized_end=2439
 # @@protoc_insertion_point(module_scope)

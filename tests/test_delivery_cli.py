@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from inproc import DeviceStream, RunningAgent, RunningController
 
 from agent.delivery.manifest import verify
+from agent.delivery.phases import to_proto as phase_to_proto
 from agent.identity import Identity
 from controller.cli.main import cli
 from protos import delivery_pb2, fleet_pb2
@@ -87,6 +88,8 @@ class Device:
         self.stream.hello()
 
     def report(self, **fields: Any) -> None:
+        if "phase" in fields:  # by its word, as the agent's DeploymentPhase
+            fields["deployment_phase"] = phase_to_proto(str(fields.pop("phase")))
         self.stream.send(fleet_pb2.ConnectRequest(deployment=delivery_pb2.DeploymentStatus(
             timestamp_ms=int(time.time() * 1000), **fields)))
 
@@ -155,6 +158,25 @@ def test_show_renders_the_phase_the_device_reports(ctl: RunningController, model
     assert text in _cli(ctl, "devices", "show", "edge-1").output
     short = text.split(" (")[0] if report["phase"] == "downloading" else report["phase"]
     assert f"- -> r{release} {short}" in _cli(ctl, "devices", "list").output
+
+
+def test_a_phase_the_controller_does_not_know_shows_as_unknown_with_its_number(
+        ctl: RunningController, model: str, caplog: pytest.LogCaptureFixture) -> None:
+    # a newer agent's phase: recorded, shown and logged (once), never silently dropped
+    device = Device(ctl, "edge-1")
+    release = _json(ctl, "devices", "assign", "edge-1", model)["release"]
+    with caplog.at_level("WARNING", logger="controller.services.fleet"):
+        for _ in range(2):
+            device.report(release=release, model=model, deployment_phase=42, reason="warming up")
+        dep = _wait_for(lambda: (d := _deployment(ctl, "edge-1"))["phase"] == "unknown" and d,
+                        "the unknown phase recorded")
+        assert "unknown: unknown phase 42" in _cli(ctl, "devices", "show", "edge-1").output
+        device.report(release=release, model=model, phase="verifying")  # the stream goes on
+        _wait_for(lambda: _deployment(ctl, "edge-1")["phase"] == "verifying", "the next report")
+    assert dep["reason"] == "unknown phase 42 (the agent is newer than this controller): warming up"
+    assert dep["phase_text"] == f"unknown: {dep['reason']}"
+    warned = [r for r in caplog.records if "unknown phase 42" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
 
 
 def test_show_renders_active_and_previous_releases_and_a_rollback(

@@ -23,6 +23,7 @@ import pytest
 from inproc import RunningController
 
 from agent.delivery.manifest import Manifest, ManifestRefused, verify
+from agent.delivery.phases import to_proto as phase_to_proto
 from agent.identity import Identity
 from controller.build.check import GOLDEN_ROWS, metrics_from
 from controller.delivery.blobs import BlobStore
@@ -91,6 +92,8 @@ class Device:
                                          timeout=30))
 
     def report(self, **fields: object) -> None:
+        if "phase" in fields:  # by its word, as the agent's DeploymentPhase
+            fields["deployment_phase"] = phase_to_proto(str(fields.pop("phase")))
         self.stream.send(fleet_pb2.ConnectRequest(deployment=delivery_pb2.DeploymentStatus(
             timestamp_ms=int(time.time() * 1000), **fields)))
 
@@ -343,21 +346,23 @@ def test_a_deployment_report_shows_in_get_device_and_a_bad_one_is_ignored(
     release = _assign(ctl, "edge-1", model[0]).release
     device.report(release=release, model=model[0], phase="downloading", bytes_done=1000,
                   bytes_total=4000, bytes_per_s=500.0, detail_json='{"missing": 2}')
-    _wait_for(lambda: _device(ctl, "edge-1").deployment.phase == "downloading", "the report")
+    _wait_for(lambda: _device(ctl, "edge-1").deployment.deployment_phase == phase_to_proto("downloading"),
+              "the report")
     shown = _device(ctl, "edge-1").deployment
     assert (shown.bytes_done, shown.bytes_total, shown.bytes_per_s) == (1000, 4000, 500.0)
     assert json.loads(shown.detail_json) == {"missing": 2} and shown.updated_at_ms > 0
 
-    for bad in ({"phase": "exploded"}, {"phase": "failed", "reason": "x" * 100_000},
+    for bad in ({"deployment_phase": 0}, {"phase": "failed", "reason": "x" * 100_000},
                 {"phase": "failed", "detail_json": "[1, 2]"}, {"phase": "active", "bytes_per_s": -1.0}):
         device.report(release=release, **bad)
     device.stream.send(fleet_pb2.ConnectRequest(telemetry=fleet_pb2.TelemetryBatch(batch_id=7)))
     assert device.stream.recv_kind("telemetry_ack").batch_id == 7  # the stream goes on
-    assert _device(ctl, "edge-1").deployment.phase == "downloading"
+    assert _device(ctl, "edge-1").deployment.deployment_phase == phase_to_proto("downloading")
 
     device.report(release=release, model=model[0], phase="failed",
                   reason="insufficient storage: need 4000 bytes, 10 free")
-    _wait_for(lambda: _device(ctl, "edge-1").deployment.phase == "failed", "the failure")
+    _wait_for(lambda: _device(ctl, "edge-1").deployment.deployment_phase == phase_to_proto("failed"),
+              "the failure")
     assert _device(ctl, "edge-1").deployment.reason.startswith("insufficient storage")
 
 

@@ -23,6 +23,8 @@ from inproc import RunningAgent, RunningController
 
 from agent.cli import main as agent_cli
 from agent.delivery.manifest import Manifest, sign, verify
+from agent.delivery.phases import to_proto as phase_to_proto
+from controller.cli import views
 from controller.pki import load_or_create_signing_key
 from protos import admin_pb2, delivery_pb2
 
@@ -99,8 +101,9 @@ def _phase(ctl: RunningController, device: str, release: int, *phases: str) -> a
     def reached() -> bool:
         deployment = _device(ctl, device).deployment
         found[:] = [deployment]
-        return deployment.desired_release == release and deployment.phase in phases and (
-            deployment.phase not in ("active", "rolled_back") or deployment.active_release == release)
+        phase = views.phase_word(deployment.deployment_phase, bool(deployment.updated_at_ms))
+        return deployment.desired_release == release and phase in phases and (
+            phase not in ("active", "rolled_back") or deployment.active_release == release)
 
     try:
         _wait_for(reached, f"{device} to report release {release} {'/'.join(phases)}")
@@ -177,7 +180,8 @@ def test_rollback_returns_to_the_previous_release_without_a_download(
     assert deployment.active_model == "support:1"
     assert (deployment.previous_model, deployment.previous_release) == ("support:2", second)
     assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{back}"
-    assert not [s for s in agent.agent.updater.history if s.release == back and s.phase == "downloading"]
+    assert not [s for s in agent.agent.updater.history if s.release == back
+                and s.deployment_phase == phase_to_proto("downloading")]
     assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
 
 
@@ -201,7 +205,8 @@ def test_a_called_off_update_that_finished_meanwhile_is_undone(
                                          signature=call_off.signature)
     agent.call(lambda: updater.on_desired(profile, signed))
     _wait_for(lambda: updater.slots.active().release == call_off.release and updater.last is not None
-              and updater.last.phase == "rolled_back", "edge-1 back on support:1", 30)
+              and updater.last.deployment_phase == phase_to_proto("rolled_back"),
+              "edge-1 back on support:1", 30)
     assert updater.slots.active().model == "support:1"
     assert agent.agent.slot.current.engine.info.path == agent.data_dir / "models" / f"r{call_off.release}"
 
@@ -210,7 +215,7 @@ def test_a_called_off_update_that_finished_meanwhile_is_undone(
     signed = delivery_pb2.SignedManifest(manifest_json=again.manifest_json, signature=again.signature)
     agent.call(lambda: updater.on_desired(profile, signed))
     _wait_for(lambda: updater.last is not None and updater.last.release == again.release
-              and updater.last.phase == "active", "a stay", 30)
+              and updater.last.deployment_phase == phase_to_proto("active"), "a stay", 30)
     assert (updater.slots.active().release, updater.slots.active().model) == (again.release, "support:1")
     assert updater.slots.previous().release == second  # the stay replaced the active release only
     assert _ask(agent, "support")["usage"]["completion_tokens"] > 0
@@ -285,7 +290,8 @@ def _signed(ctl: RunningController, manifest: Manifest) -> delivery_pb2.SignedMa
 def _refusal(agent: RunningAgent, profile: str, signed: delivery_pb2.SignedManifest) -> str:
     updater = agent.agent.updater
     agent.call(lambda: updater.on_desired(profile, signed))
-    _wait_for(lambda: updater.last is not None and updater.last.phase == "refused", "a refusal", 10)
+    _wait_for(lambda: updater.last is not None
+              and updater.last.deployment_phase == phase_to_proto("refused"), "a refusal", 10)
     return updater.last.reason
 
 
@@ -331,7 +337,8 @@ def test_a_new_version_with_the_same_weights_moves_only_the_bytes_that_differ(
 
 def _downloading_details(agent: RunningAgent) -> list[str]:
     log = agent.agent.updater.history
-    return [s.detail_json for s in log if s.phase == "downloading" and s.detail_json != "{}"]
+    return [s.detail_json for s in log
+            if s.deployment_phase == phase_to_proto("downloading") and s.detail_json != "{}"]
 
 
 @pytest.fixture(scope="module")

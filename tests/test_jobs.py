@@ -18,6 +18,7 @@ from inproc import RunningController
 from procs import ProcessHarness, wait_until
 
 from controller.cli.pipeline_client import PipelineClient
+from controller.jobs import states as job_states
 from controller.jobs.store import JobStore
 from controller.pipeline.task import generate
 from protos import pipeline_pb2, pipeline_pb2_grpc
@@ -87,7 +88,7 @@ class Pipeline:
 
     def wait(self, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
              timeout: float = 120) -> pipeline_pb2.Job:
-        return wait_until(lambda: (j := self.job(job_id)).status in statuses and j, timeout,
+        return wait_until(lambda: job_states.word((j := self.job(job_id)).state) in statuses and j, timeout,
                           f"job {job_id} to be {' or '.join(statuses)}", interval=0.2,
                           logs=lambda: self.worker_log(job_id))
 
@@ -162,8 +163,8 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resumed]:
         procs.start_controller(data_dir=first.data_dir)
         client = PipelineClient(Path(procs.controller.info["config"]))  # type: ignore[union-attr]
         done = procs.wait_until(
-            lambda: (j := client.call(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(id=job.id))
-                     .job).status in ("succeeded", "failed", "cancelled") and j,
+            lambda: job_states.word((j := client.call(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(
+                id=job.id)).job).state) in ("succeeded", "failed", "cancelled") and j,
             400, f"job {job.id} to finish after the restart", interval=1.0)
         yield Resumed(procs, client, done, events_of(client, job.id), first.data_dir)
         client.close()
@@ -175,7 +176,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resumed]:
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_job_resumes_from_its_checkpoint_after_the_controller_is_killed(resumed: Resumed) -> None:
-    assert resumed.job.status == "succeeded", resumed.job.error
+    assert job_states.word(resumed.job.state) == "succeeded", resumed.job.error
     assert resumed.job.attempts == 2
     second = max(i for i, e in enumerate(resumed.events)
                  if e["type"] == "status" and e["status"] == "running")
@@ -225,7 +226,7 @@ def test_a_failing_recipe_fails_with_the_workers_error_and_registers_nothing(
         pipeline: Pipeline, recipe: str, files: dict[str, bytes], error: str, a_step_ran: bool) -> None:
     job = pipeline.submit(recipe, files)
     done = pipeline.wait(job.id)
-    assert done.status == "failed"
+    assert job_states.word(done.state) == "failed"
     assert error in done.error
     assert list(done.models) == [] and pipeline.models() == []
     work = pipeline.ctl.controller.settings.data_dir / "jobs" / job.id / "work"
@@ -241,22 +242,23 @@ def test_cancel_stops_the_worker_registers_nothing_and_the_queue_moves_on(
     third = pipeline.submit(micro("third"))
     wait_until(lambda: pipeline.job(long.id).progress.task.startswith("tune"), 120,
                "the long job to train", logs=lambda: pipeline.worker_log(long.id))
-    assert [pipeline.job(j.id).status for j in (second, third)] == ["queued", "queued"]
+    assert [job_states.word(pipeline.job(j.id).state) for j in (second, third)] == ["queued", "queued"]
 
     third_done = pipeline.stub.CancelJob(pipeline_pb2.CancelJobRequest(id=third.id), timeout=30).job
-    assert (third_done.status, third_done.attempts, third_done.started_at_ms) == ("cancelled", 0, 0)
+    assert (job_states.word(third_done.state), third_done.attempts, third_done.started_at_ms) == (
+        "cancelled", 0, 0)
     assert worker_pids(long.id)
     cancelled = pipeline.stub.CancelJob(pipeline_pb2.CancelJobRequest(id=long.id), timeout=60).job
-    assert cancelled.status == "cancelled" and list(cancelled.models) == []
+    assert job_states.word(cancelled.state) == "cancelled" and list(cancelled.models) == []
     assert not worker_pids(long.id)
     events = [json.loads(e.json) for r in pipeline.stub.WatchJob(
         pipeline_pb2.WatchJobRequest(id=long.id), timeout=10) for e in r.events]
     assert {"type": "cancelled"} in [{"type": e["type"]} for e in events]
 
     done = pipeline.wait(second.id)
-    assert done.status == "succeeded" and done.started_at_ms >= cancelled.finished_at_ms
+    assert job_states.word(done.state) == "succeeded" and done.started_at_ms >= cancelled.finished_at_ms
     assert [f"{m.name}:{m.version}" for m in pipeline.models()] == ["second-base:1"]
-    assert pipeline.job(third.id).status == "cancelled"
+    assert job_states.word(pipeline.job(third.id).state) == "cancelled"
 
 
 def test_a_controller_stopped_gracefully_requeues_its_running_job(tmp_path: Path) -> None:
@@ -368,7 +370,7 @@ def test_only_the_admin_certificate_may_use_the_pipeline(ctl: RunningController)
 @pytest.mark.parametrize(("call", "request_", "field"), [
     ("GetJob", pipeline_pb2.GetJobRequest(id="../../etc"), "id"),
     ("CancelJob", pipeline_pb2.CancelJobRequest(id="j-XYZ"), "id"),
-    ("ListJobs", pipeline_pb2.ListJobsRequest(status=["done"]), "status"),
+    ("ListJobs", pipeline_pb2.ListJobsRequest(states=[99]), "states"),
     ("ListJobs", pipeline_pb2.ListJobsRequest(limit=5000), "limit"),
     ("GetModel", pipeline_pb2.GetModelRequest(ref="a/../b:1"), "model"),
     ("ListModels", pipeline_pb2.ListModelsRequest(name="UPPER"), "name"),

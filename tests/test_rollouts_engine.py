@@ -16,6 +16,8 @@ import variants
 from inproc import RunningAgent, RunningController
 from test_delivery_e2e import _assign, _device, _phase, _register, _wait_for
 
+from agent.delivery.phases import to_proto as phase_to_proto
+from controller.rollouts.states import device_state_from_proto, rollout_state_from_proto
 from protos import admin_pb2, rollout_pb2
 
 NAMES = ("edge-1", "edge-2", "edge-3")
@@ -82,7 +84,7 @@ def _until_state(ctl: RunningController, rollout_id: str, *states: str) -> rollo
 
     def reached() -> bool:
         found[:] = [_get(ctl, rollout_id)]
-        return found[0].state in states
+        return _state(found[0]) in states
 
     try:
         _wait_for(reached, f"rollout {rollout_id} to be {'/'.join(states)}", 120)
@@ -91,8 +93,12 @@ def _until_state(ctl: RunningController, rollout_id: str, *states: str) -> rollo
     return found[0]
 
 
+def _state(rollout: rollout_pb2.Rollout) -> str:
+    return rollout_state_from_proto(rollout.rollout_state)
+
+
 def _status(rollout: rollout_pb2.Rollout) -> dict[str, str]:
-    return {d.device_name: d.status for d in rollout.devices}
+    return {d.device_name: device_state_from_proto(d.state) for d in rollout.devices}
 
 
 def _v2_releases(ctl: RunningController, name: str) -> int:
@@ -106,9 +112,9 @@ def test_canary_then_waves_reach_every_device(fleet: Fleet, tiny, golden) -> Non
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl)
     assert created.id.startswith("r-") and [w.size for w in created.waves] == [1, 1, 1]
-    assert created.created_by == "admin" and created.state == "running"
+    assert created.created_by == "admin" and _state(created) == "running"
     done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
-    assert done.state == "succeeded", done.reason
+    assert _state(done) == "succeeded", done.reason
     assert set(_status(done).values()) == {"active"}
     for d in done.devices:
         assert _device(fleet.ctl, d.device_name).deployment.active_model == "support:2"
@@ -127,12 +133,13 @@ def test_a_canary_failing_the_on_device_gate_halts_and_leaves_the_others_alone(
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, wrong)
     created = _create(fleet.ctl)
     done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
-    assert done.state == "rolled_back" and done.reason.startswith("wave 1:")
+    assert _state(done) == "rolled_back" and done.reason.startswith("wave 1:")
     canary = done.devices[0]
-    assert canary.wave == 0 and canary.status == "failed" and canary.reason.startswith("failed: gate:")
+    assert canary.wave == 0 and device_state_from_proto(canary.state) == "failed"
+    assert canary.reason.startswith("failed: gate:")
     assert [(r.gate, r.device_name) for r in done.gate_results] == [("max_failure", canary.device_name)]
     for d in done.devices[1:]:
-        assert d.status == "pending" and d.release == 0
+        assert device_state_from_proto(d.state) == "pending" and d.release == 0
         assert _v2_releases(fleet.ctl, d.device_name) == 0
     assert "called off: it stays on support:1" in canary.reason
     for name in NAMES:  # the canary never switched: the old model kept serving everywhere
@@ -153,18 +160,18 @@ def test_pause_lets_in_flight_updates_finish_and_starts_nothing_until_resume(
     _wait_for(lambda: _status(_get(fleet.ctl, created.id))[NAMES[0]] != "pending", "the canary to start")
     paused = fleet.ctl.admin.PauseRollout(rollout_pb2.RolloutActionRequest(id=created.id),
                                           timeout=10).rollout
-    assert paused.state == "paused"
+    assert _state(paused) == "paused"
     _wait_for(lambda: _status(_get(fleet.ctl, created.id))[NAMES[0]] == "active", "the canary to finish")
     time.sleep(1.5)  # several ticks and more than the bake: nothing may start while paused
     rollout = _get(fleet.ctl, created.id)
-    assert rollout.state == "paused" and rollout.current_wave == 0
+    assert _state(rollout) == "paused" and rollout.current_wave == 0
     assert [_status(rollout)[n] for n in NAMES[1:]] == ["pending", "pending"]
     with pytest.raises(grpc.RpcError) as e:
         fleet.ctl.admin.PauseRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "paused" in e.value.details()
     fleet.ctl.admin.ResumeRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
     done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
-    assert done.state == "succeeded", done.reason
+    assert _state(done) == "succeeded", done.reason
     assert [e.action for e in done.events if e.action in ("paused", "resumed")] == ["paused", "resumed"]
     assert all(e.actor == "admin" for e in done.events if e.action in ("paused", "resumed"))
 
@@ -173,10 +180,14 @@ def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_mod
         fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl)
-    assert _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back").state == "succeeded"
+    assert _state(_until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")) == "succeeded"
+    with pytest.raises(grpc.RpcError) as e:
+        fleet.ctl.admin.PauseRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details().startswith(f"rollout {created.id} is succeeded; it cannot be paused")
     back = fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id),
                                            timeout=30).rollout
-    assert back.state == "rolled_back" and set(_status(back).values()) == {"rolled_back"}
+    assert _state(back) == "rolled_back" and set(_status(back).values()) == {"rolled_back"}
     for name in NAMES:  # verified by the devices' own reports, on the rollback's new release
         desired = _device(fleet.ctl, name).deployment.desired_release
         assert desired > max(d.release for d in back.devices)
@@ -184,6 +195,25 @@ def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_mod
     with pytest.raises(grpc.RpcError) as e:
         fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details().startswith(f"rollout {created.id} is rolled_back; it cannot be rolled back")
+
+
+@pytest.mark.parametrize(("call", "word"), [("PauseRollout", "paused"), ("ResumeRollout", "resumed"),
+                                            ("AbortRollout", "aborted")])
+def test_an_operator_command_on_a_finished_rollout_is_refused_naming_its_state(
+        fleet: Fleet, tiny, golden, call: str, word: str) -> None:  # type: ignore[no-untyped-def]
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
+    created = _create(fleet.ctl, bake_ms=600_000)
+    aborted = fleet.ctl.admin.AbortRollout(rollout_pb2.RolloutActionRequest(id=created.id),
+                                           timeout=10).rollout
+    assert _state(aborted) == "aborted" and aborted.finished_at_ms > 0
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(fleet.ctl.admin, call)(rollout_pb2.RolloutActionRequest(id=created.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details().startswith(f"rollout {created.id} is aborted; it cannot be {word}")
+    after = _get(fleet.ctl, created.id)
+    assert _state(after) == "aborted"
+    assert [ev.action for ev in after.events].count("aborted") == 1  # nothing recorded for the refusal
 
 
 def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_twice(
@@ -196,7 +226,7 @@ def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_
     after = _get(fleet.ctl, created.id)
     assert after.current_wave == before.current_wave >= 1  # not back to the canary, not skipped ahead
     done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
-    assert done.state == "succeeded", done.reason
+    assert _state(done) == "succeeded", done.reason
     assert [e.action for e in done.events].count("wave_started") == 3
     for name in NAMES:
         assert _v2_releases(fleet.ctl, name) == 1
@@ -220,13 +250,14 @@ def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
     (padded / "extra-weights.bin").write_bytes(os.urandom(3 * 2**20))
     _register(fleet.ctl, fleet.root / "v2", "support", padded, fleet.profile, golden)
     created = _create(fleet.ctl, waves="100%", bake_ms=60_000)
-    _wait_for(lambda: _device(fleet.ctl, "edge-slow").deployment.phase == "downloading",
+    _wait_for(lambda: _device(fleet.ctl, "edge-slow").deployment.deployment_phase
+              == phase_to_proto("downloading"),
               "edge-slow to be downloading support:2")
     back = fleet.ctl.admin.RollbackRollout(rollout_pb2.RolloutActionRequest(id=created.id),
                                            timeout=30).rollout
     row = next(d for d in back.devices if d.device_name == "edge-slow")
-    assert back.state == "rolled_back"
-    assert row.status == "rolled_back" and "called off" in row.reason
+    assert _state(back) == "rolled_back"
+    assert device_state_from_proto(row.state) == "rolled_back" and "called off" in row.reason
     time.sleep(7)  # longer than the rest of its download would have taken
     deployment = _device(fleet.ctl, "edge-slow").deployment
     assert deployment.desired_release > row.release  # the call-off: a new release naming support:1
@@ -250,9 +281,10 @@ def test_a_canary_below_the_rollouts_min_device_accuracy_never_switches(
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, wrong, correct=0)
     created = _create(fleet.ctl, no_auto_rollback=True)  # min_device_accuracy 0.9
     done = _until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")
-    assert done.state == "halted" and done.reason.startswith("wave 1:"), done.reason
+    assert _state(done) == "halted" and done.reason.startswith("wave 1:"), done.reason
     canary = done.devices[0]
-    assert canary.status == "failed" and canary.reason.startswith("failed: gate:"), canary.reason
+    assert device_state_from_proto(canary.state) == "failed", canary.reason
+    assert canary.reason.startswith("failed: gate:"), canary.reason
     assert "0/6 golden prompts" in canary.reason and "minimum 90" in canary.reason
     deployment = _device(fleet.ctl, canary.device_name).deployment
     assert (deployment.active_model, deployment.active_release) == (

@@ -11,6 +11,7 @@ from inproc import RunningController
 from test_delivery_controller import Device, _register, _variant_dir, _variant_entry
 
 from controller.rollouts.plan import allowed_failures, wave_sizes
+from controller.rollouts.states import device_state_from_proto
 from controller.validation import Invalid
 from protos import admin_pb2, rollout_pb2
 
@@ -75,7 +76,8 @@ def test_each_device_is_planned_for_its_profile_or_skipped_with_the_reason(
     planned = {d.device_name: d for d in rollout.devices}
     assert [planned[n].wave for n in ("lab-1", "lab-2", "lab-3")] == [0, 1, 2]
     skipped = planned["lab-4"]
-    assert (skipped.wave, skipped.status, skipped.profile) == (-1, "skipped", "cpu-arm64-int8")
+    assert (skipped.wave, device_state_from_proto(skipped.state), skipped.profile) == (
+        -1, "skipped", "cpu-arm64-int8")
     assert "cpu-arm64-int8" in skipped.reason
     assert [e.action for e in rollout.events] == ["created"] and rollout.events[0].actor == "admin"
 

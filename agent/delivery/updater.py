@@ -44,6 +44,8 @@ from agent.delivery.bundle import read_bundle
 from agent.delivery.fetch import Fetcher, FetchFailed
 from agent.delivery.gate import run_gate
 from agent.delivery.manifest import Manifest, ManifestRefused, check_acceptable, verify
+from agent.delivery.phases import SETTLED, DeploymentPhase
+from agent.delivery.phases import to_proto as phase_to_proto
 from agent.delivery.slots import SlotInfo, Slots
 from agent.delivery.storage import InsufficientStorage, check_space, has_room, shortage
 from agent.engine import Engine, ModelSlot, VariantError
@@ -57,9 +59,8 @@ STATE_FILE = "deploy.json"
 PROFILE_FILE = "profile.json"  # the profile the controller last named for this device
 DEFAULT_RESERVE_BYTES = 64 * 2**20  # left free on the data dir's disk after a download
 PROGRESS_EVERY_S = 1.0
-# Phases after which a release is settled: the device does not work on it again by itself,
-# except a release that failed for want of disk space (it is retried once there is room).
-SETTLED = ("active", "failed", "refused", "rolled_back")
+# A settled release (phases.SETTLED) is not worked on again by the device by itself, except one
+# that failed for want of disk space: it is retried once there is room.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 SHORT_OF_SPACE = "insufficient storage"  # how such a failure's reason starts
 
@@ -72,7 +73,7 @@ class _Target:
     manifest_json: bytes
     signature: bytes
     release: int
-    phase: str = "downloading"
+    phase: DeploymentPhase = DeploymentPhase.DOWNLOADING
     reason: str = ""
     profile: str = ""  # the device's profile when the controller sent it ("" = not known)
 
@@ -166,7 +167,7 @@ class Updater:
         delivery: the signature before anything else, each blob's hash, the gate. Returns the
         phase it settled in."""
         before = await asyncio.to_thread(self.cache.complete)
-        phase = "failed"
+        phase: str = DeploymentPhase.FAILED
         try:
             manifest_json, signature, manifest = await asyncio.to_thread(
                 read_bundle, path, self.cache, self._public_key)
@@ -174,7 +175,8 @@ class Updater:
                                                 profile=self._profile), fetch=False)
             return phase
         finally:
-            if phase not in ("active", "rolled_back"):  # refused or failed: take its blobs back out
+            # refused or failed: take its blobs back out
+            if phase not in (DeploymentPhase.ACTIVE, DeploymentPhase.ROLLED_BACK):
                 await asyncio.to_thread(self._drop_blobs_added_since, before)
 
     def _drop_blobs_added_since(self, before: set[str]) -> None:
@@ -203,9 +205,10 @@ class Updater:
             self._short = None
             try:
                 phase = await self.converge(target)
-            except Exception as e:  # noqa: BLE001 - reported upstream, never left at "downloading"
+            except Exception as e:  # reported upstream (and logged), never left at "downloading"
                 log.exception("release %d: the agent failed", target.release)
-                return self._settle(target, "failed", reason=f"the agent failed: {type(e).__name__}: {e}")
+                return self._settle(target, DeploymentPhase.FAILED,
+                                    reason=f"the agent failed: {type(e).__name__}: {e}")
             short = self._short
             if short is None:
                 return phase
@@ -237,7 +240,7 @@ class Updater:
             return self._refuse(target.manifest_json, target.signature, target.release, str(e))
         active = self.slots.active()
         if active is not None and active.release == manifest.release:
-            return self._settle(target, "active")  # already live (e.g. killed after the switch)
+            return self._settle(target, DeploymentPhase.ACTIVE)  # already live (e.g. killed after the switch)
         running = _parsed(active)
         try:
             check_acceptable(manifest, profile=target.profile or self._profile,
@@ -254,29 +257,30 @@ class Updater:
         try:
             await asyncio.to_thread(self.accepted.record, manifest.release, target.manifest_json)
         except OSError as e:
-            return self._settle(target, "failed", reason=f"can't record release {manifest.release} as "
-                                f"accepted in {self.accepted.path}: {e}")
+            return self._settle(target, DeploymentPhase.FAILED,
+                                reason=f"can't record release {manifest.release} as accepted in "
+                                f"{self.accepted.path}: {e}")
         if manifest.rollback:
             settled = await self._roll_back(target, manifest, running)
             if settled is not None:
                 return settled
         try:
             await self._download(target, manifest, fetch)
-            self._phase(target, "staging")
+            self._phase(target, DeploymentPhase.STAGING)
             staged = await asyncio.to_thread(self.slots.stage, manifest, target.manifest_json,
                                              target.signature, self.cache)
-            self._phase(target, "gating")
+            self._phase(target, DeploymentPhase.GATING)
             return await self._gate_and_switch(target, manifest, staged)
         except InsufficientStorage as e:
             return self._out_of_space(target, manifest, e)
         except OSError as e:
             if e.errno in NO_SPACE:
                 return self._out_of_space(target, manifest, e)
-            return self._settle(target, "failed", reason=str(e))
+            return self._settle(target, DeploymentPhase.FAILED, reason=str(e))
         except (FetchFailed, VariantError) as e:
-            return self._settle(target, "failed", reason=str(e))
+            return self._settle(target, DeploymentPhase.FAILED, reason=str(e))
         except ManifestRefused as e:  # a path the slot refuses (verify checked it already)
-            return self._settle(target, "refused", reason=str(e))
+            return self._settle(target, DeploymentPhase.REFUSED, reason=str(e))
 
     async def _download(self, target: _Target, manifest: Manifest, fetch: bool) -> None:
         missing = self.cache.missing(manifest.files)
@@ -286,8 +290,8 @@ class Updater:
         self._progress.reset(self._bytes_on_disk(manifest, total))
         check_space(self._data_dir, need, what=f"to download release {manifest.release}",
                     reserve_bytes=self._reserve_bytes)
-        self._phase(target, "downloading", detail={"files": len(manifest.files), "missing": len(missing),
-                                                  "bytes_to_fetch": need})
+        self._phase(target, DeploymentPhase.DOWNLOADING,
+                    detail={"files": len(manifest.files), "missing": len(missing), "bytes_to_fetch": need})
         if missing and not fetch:
             raise FetchFailed(f"{len(missing)} blobs are missing and this delivery has no network path")
         reporter = asyncio.create_task(self._report_progress(target, manifest, total))
@@ -302,7 +306,7 @@ class Updater:
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
-        self._phase(target, "verifying")
+        self._phase(target, DeploymentPhase.VERIFYING)
         # Each blob's hash was checked as it entered the cache; check that they are all there.
         still = self.cache.missing(manifest.files)
         if still:
@@ -312,7 +316,7 @@ class Updater:
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
             self._progress.update(self._bytes_on_disk(manifest, total))
-            self._send("downloading", target, done=self._progress.done, total=total,
+            self._send(DeploymentPhase.DOWNLOADING, target, done=self._progress.done, total=total,
                        rate=self._progress.rate())
 
     def _bytes_on_disk(self, manifest: Manifest, total: int) -> int:
@@ -340,7 +344,7 @@ class Updater:
             self._data_dir, need, what=f"to download release {manifest.release}",
             reserve_bytes=self._reserve_bytes,
             then=f"the device retries by itself once there is room (the disk said: {error})")
-        return self._settle(target, "failed", reason=str(self._short))
+        return self._settle(target, DeploymentPhase.FAILED, reason=str(self._short))
 
     async def _gate_and_switch(self, target: _Target, manifest: Manifest, staged: Path) -> str:
         baseline = psutil.Process().memory_info().rss
@@ -350,7 +354,7 @@ class Updater:
         result = await asyncio.to_thread(run_gate, engine, manifest.gate, baseline_rss=baseline)
         if not result.passed:
             engine.close()
-            return self._settle(target, "failed", reason=result.reason, detail=result.figures)
+            return self._settle(target, DeploymentPhase.FAILED, reason=result.reason, detail=result.figures)
         # The switch: slots.json names the new release (one rename), then the engine takes the
         # old one's place (one assignment). A kill between the two serves the new release on
         # restart, which passed its gate; a kill before the first serves the old one.
@@ -358,7 +362,7 @@ class Updater:
         self._slot.install(engine, name=manifest.model, version=str(manifest.version),
                            load_seconds=load_seconds)
         await asyncio.to_thread(self._collect_garbage)
-        phase = self._settle(target, "active", detail=result.figures)
+        phase = self._settle(target, DeploymentPhase.ACTIVE, detail=result.figures)
         if self._on_active is not None:
             await self._on_active()
         return phase
@@ -379,23 +383,23 @@ class Updater:
         if self.cache.missing(manifest.files):
             return None  # a blob of the slot is not in the cache (any more): fetch it
         try:
-            self._phase(target, "staging")
+            self._phase(target, DeploymentPhase.STAGING)
             staged = await asyncio.to_thread(self.slots.stage, manifest, target.manifest_json,
                                              target.signature, self.cache)
             if not switch_back:
                 # The engine serving the active slot serves these very files: only the number
                 # changes. The old slot's directory is left to the next switch's clean-up.
                 await asyncio.to_thread(self.slots.activate, manifest.release, replace=True)
-                return self._settle(target, "active")
+                return self._settle(target, DeploymentPhase.ACTIVE)
             engine = await asyncio.to_thread(Engine.load, staged, threads=self._threads)
         except (VariantError, OSError) as e:
-            return self._settle(target, "failed", reason=f"rollback: {e}")
+            return self._settle(target, DeploymentPhase.FAILED, reason=f"rollback: {e}")
         except ManifestRefused as e:
-            return self._settle(target, "refused", reason=str(e))
+            return self._settle(target, DeploymentPhase.REFUSED, reason=str(e))
         await asyncio.to_thread(self.slots.activate, manifest.release)
         self._slot.install(engine, name=manifest.model, version=str(manifest.version), load_seconds=0.0)
         await asyncio.to_thread(self._collect_garbage)
-        phase = self._settle(target, "rolled_back")
+        phase = self._settle(target, DeploymentPhase.ROLLED_BACK)
         if self._on_active is not None:
             await self._on_active()
         return phase
@@ -408,16 +412,16 @@ class Updater:
 
     # --- state and reports -------------------------------------------------------------------
 
-    def _phase(self, target: _Target, phase: str, detail: dict[str, Any] | None = None) -> None:
+    def _phase(self, target: _Target, phase: DeploymentPhase, detail: dict[str, Any] | None = None) -> None:
         target.phase, target.reason = phase, ""
         self._write_state(target)
         self._send(phase, target, detail=detail)
 
-    def _settle(self, target: _Target, phase: str, *, reason: str = "",
+    def _settle(self, target: _Target, phase: DeploymentPhase, *, reason: str = "",
                 detail: dict[str, Any] | None = None) -> str:
         target.phase, target.reason = phase, reason
         self._write_state(target)
-        (log.info if phase in ("active", "rolled_back") else log.warning)(
+        (log.info if phase in (DeploymentPhase.ACTIVE, DeploymentPhase.ROLLED_BACK) else log.warning)(
             "release %d: %s%s", target.release, phase, f": {reason}" if reason else "")
         self._send(phase, target, reason=reason, detail=detail)
         return phase
@@ -425,13 +429,14 @@ class Updater:
     def _refuse(self, manifest_json: bytes, signature: bytes, release: int, reason: str) -> str:
         # Not written to deploy.json: a refused manifest must not displace the release in
         # progress, nor the record of the one that settled.
-        target = _Target(manifest_json, signature, release, "refused", reason)
+        target = _Target(manifest_json, signature, release, DeploymentPhase.REFUSED, reason)
         log.warning("refused release %d: %s", release, reason)
-        self._send("refused", target, reason=reason)
-        return "refused"
+        self._send(DeploymentPhase.REFUSED, target, reason=reason)
+        return DeploymentPhase.REFUSED
 
-    def _send(self, phase: str, target: _Target, *, reason: str = "", detail: dict[str, Any] | None = None,
-              done: int = 0, total: int = 0, rate: float = 0.0) -> None:
+    def _send(self, phase: DeploymentPhase, target: _Target, *, reason: str = "",
+              detail: dict[str, Any] | None = None, done: int = 0, total: int = 0,
+              rate: float = 0.0) -> None:
         active, previous = self.slots.active(), self.slots.previous()
         model = ""
         try:
@@ -440,7 +445,8 @@ class Updater:
         except (ValueError, AttributeError):
             model = ""
         status = delivery_pb2.DeploymentStatus(
-            release=target.release, model=model if isinstance(model, str) else "", phase=phase,
+            release=target.release, model=model if isinstance(model, str) else "",
+            deployment_phase=phase_to_proto(phase),
             reason=reason[:2000], bytes_done=done, bytes_total=total, bytes_per_s=rate,
             active_model=active.model if active else "", active_release=active.release if active else 0,
             previous_model=previous.model if previous else "",
@@ -471,7 +477,7 @@ class Updater:
         try:
             data = json.loads(self._state_path.read_text())
             return _Target(base64.b64decode(data["manifest_json"]), base64.b64decode(data["signature"]),
-                           int(data["release"]), str(data["phase"]), str(data.get("reason", "")),
+                           int(data["release"]), DeploymentPhase(data["phase"]), str(data.get("reason", "")),
                            str(data.get("profile", "")))
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("%s is unreadable (%s); waiting for the controller's desired state",
@@ -514,4 +520,4 @@ class _Progress:
 
 
 def _short_of_space(target: _Target) -> bool:
-    return target.phase == "failed" and target.reason.startswith(SHORT_OF_SPACE)
+    return target.phase == DeploymentPhase.FAILED and target.reason.startswith(SHORT_OF_SPACE)

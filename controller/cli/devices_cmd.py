@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from agent.delivery.phases import DeploymentPhase
 from controller.cli import bench_view, views
 from controller.cli.client import AdminClient
 from controller.cli.output import CliError, ago, console, emit, json_option, labels_text, table
@@ -19,7 +20,9 @@ DEFAULT_BENCH_TIMEOUT = "5m"
 # An assignment puts the variant's files into the blob store (hashing each once), which for a
 # large variant takes longer than a plain call's deadline.
 ASSIGN_DEADLINE_S = 600.0
-PHASE_STYLE = {"active": "green", "failed": "red", "refused": "red", "rolled_back": "yellow"}
+PHASE_STYLE = {DeploymentPhase.ACTIVE: "green", DeploymentPhase.FAILED: "red",
+               DeploymentPhase.REFUSED: "red", DeploymentPhase.ROLLED_BACK: "yellow",
+               DeploymentPhase.UNKNOWN: "yellow"}
 
 
 @click.group()
@@ -52,7 +55,7 @@ def _model_cell(dep: dict[str, Any]) -> str:
     """The list's compact deployment: `support:3 r7`, `support:3 r7 -> r9 downloading 37 %`,
     `support:3 r7 -> r9 failed`, `support:2 r5 (rolled back)`."""
     active = _release(dep["active_model"], dep["active_release"])
-    if not views.awaiting(dep) and dep["phase"] in ("", "active"):
+    if not views.awaiting(dep) and dep["phase"] in ("", DeploymentPhase.ACTIVE):
         return active
     phase = views.phase_text(dep, short=True)
     if dep["desired_release"] and dep["desired_release"] != dep["active_release"]:

@@ -8,15 +8,17 @@ from typing import Any
 
 from controller.cli.output import CliError
 from controller.cli.pipeline_client import PipelineClient
+from controller.jobs import states as job_states
+from controller.jobs.states import JobState
 from controller.pipeline.rich_events import RichEvents
 from protos import pipeline_pb2
 
 STATUS_TEXT = {
-    "queued": "queued",
-    "running": "running",
-    "succeeded": "[green]succeeded[/green]",
-    "failed": "[red]failed[/red]",
-    "cancelled": "[yellow]cancelled[/yellow]",
+    JobState.QUEUED: "queued",
+    JobState.RUNNING: "running",
+    JobState.SUCCEEDED: "[green]succeeded[/green]",
+    JobState.FAILED: "[red]failed[/red]",
+    JobState.CANCELLED: "[yellow]cancelled[/yellow]",
 }
 
 
@@ -74,9 +76,10 @@ def follow(client: PipelineClient, job_id: str, show: bool, from_seq: int = 0) -
 
 def require_success(job: pipeline_pb2.Job) -> None:
     """A job that did not succeed becomes the command's error (exit status 1)."""
-    if job.status == "failed":
+    state = job_states.word(job.state)
+    if state == JobState.FAILED:
         raise CliError(f"job {job.id} failed: {job.error}", "failed")
-    if job.status == "cancelled":
+    if state == JobState.CANCELLED:
         raise CliError(f"job {job.id} was cancelled" + (f": {job.error}" if job.error else ""),
                        "cancelled")
 

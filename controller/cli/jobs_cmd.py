@@ -12,10 +12,12 @@ from controller.cli import views
 from controller.cli.follow import STATUS_TEXT, follow, interrupted, render
 from controller.cli.output import ago, console, emit, json_option, table
 from controller.cli.pipeline_client import PipelineClient
+from controller.jobs import states as job_states
+from controller.jobs.states import JobState
 from controller.pipeline.rich_events import RichEvents, describe_fields
 from protos import pipeline_pb2
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = tuple(JobState)
 
 
 @click.group()
@@ -25,7 +27,7 @@ def jobs() -> None:
 
 def progress_text(j: dict[str, Any]) -> str:
     p = j["progress"]
-    if j["status"] != "running" or not p:
+    if j["status"] != JobState.RUNNING or not p:
         return "-"
     text = f"step {p['step_index']}/{p['step_count']} {p['step']}" if p.get("step_count") else ""
     if p.get("task"):
@@ -51,7 +53,7 @@ def list_(obj: dict, statuses: tuple[str, ...], limit: int, as_json: bool) -> No
     """List jobs, newest first, with their progress."""
     client = PipelineClient(obj["config"])
     response = client.call(client.pipeline.ListJobs, pipeline_pb2.ListJobsRequest(
-        status=list(statuses), limit=limit))
+        states=[job_states.to_proto(s) for s in statuses], limit=limit))
     data = {"jobs": [views.job(j) for j in response.jobs]}
     emit(data, as_json, lambda d: table(f"jobs ({len(d['jobs'])})", ["id", "kind", "recipe",
          "status", "progress", "created", "models"], _rows(d["jobs"])))
@@ -62,7 +64,7 @@ def show_job(j: dict[str, Any]) -> None:
                   f"{STATUS_TEXT.get(j['status'], j['status'])}", highlight=False)
     facts = [("created", j["created_at"]), ("started", j["started_at"] or "-"),
              ("finished", j["finished_at"] or "-"), ("attempts", j["attempts"])]
-    if j["status"] == "running":
+    if j["status"] == JobState.RUNNING:
         facts.append(("progress", progress_text(j)))
     if j["target"]:
         facts.append(("model", j["target"]))
@@ -102,7 +104,8 @@ def logs(obj: dict, job_id: str, follow_job: bool, from_seq: int, as_json: bool)
             job = follow(client, job_id, show=True, from_seq=from_seq)
         except KeyboardInterrupt:
             raise interrupted(job_id) from None
-        console.print(f"job {job.id} {STATUS_TEXT.get(job.status, job.status)}"
+        state = job_states.word(job.state)
+        console.print(f"job {job.id} {STATUS_TEXT.get(state, state)}"
                       + (f": {job.error}" if job.error else ""), highlight=False)
         return
     try:
@@ -137,7 +140,7 @@ def cancel(obj: dict, job_id: str, as_json: bool) -> None:
                                timeout=60.0).job)
 
     def human(j: dict[str, Any]) -> None:
-        if j["status"] == "cancelled":
+        if j["status"] == JobState.CANCELLED:
             click.echo(f"cancelled {j['id']}")
         else:
             click.echo(f"{j['id']} had already {j['status']}; nothing to cancel")

@@ -17,12 +17,16 @@ from rich.text import Text
 from controller.cli.client import AdminClient
 from controller.cli.output import CliError, console, emit, json_option, table, when
 from controller.cli.token_cmd import duration_ms, parse_labels
+from controller.cli.views import phase_word
+from controller.rollouts import states
+from controller.rollouts.states import ACTIVE_STATES, RolloutState
 from protos import rollout_pb2
 
 CREATE_DEADLINE_S = 600.0  # planning may hash a large variant's files
+# by value: a device's, a wave's and a rollout's states share these words
 STYLE = {"active": "green", "succeeded": "green", "passed": "green", "failed": "red", "halted": "red",
          "rolled_back": "yellow", "paused": "yellow", "aborted": "yellow", "skipped": "dim"}
-FINAL = ("halted", "succeeded", "aborted", "rolled_back")
+FINAL = tuple(s for s in RolloutState if s not in ACTIVE_STATES)
 
 
 @click.group()
@@ -30,11 +34,29 @@ def rollout() -> None:
     """Roll a model out in gated waves: create, status, list, pause, resume, abort, rollback."""
 
 
+def _word(from_proto: Any, number: int) -> str:
+    """A state's value; "unknown (N)" for one this CLI does not know (a newer controller)."""
+    try:
+        return str(from_proto(number).value)
+    except ValueError:
+        return f"unknown ({number})"
+
+
 def view(r: rollout_pb2.Rollout) -> dict[str, Any]:
+    """Every field under its name; the states by their words under the names the JSON output
+    has always used: state (rollout and wave), status and phase (device)."""
     data = json_format.MessageToDict(r, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
-    for d in data.get("devices", []):
+    data.pop("rollout_state")
+    data["state"] = _word(states.rollout_state_from_proto, r.rollout_state)
+    for w, wave in zip(data.get("waves", []), r.waves, strict=True):
+        w.pop("wave_state")
+        w["state"] = _word(states.wave_state_from_proto, wave.wave_state)
+    for d, device in zip(data.get("devices", []), r.devices, strict=True):
         d["figures"] = json.loads(d.pop("figures_json") or "{}")
+        del d["state"], d["deployment_phase"]
+        d["status"] = _word(states.device_state_from_proto, device.state)
+        d["phase"] = phase_word(device.deployment_phase, False)
     return data
 
 
@@ -187,20 +209,22 @@ def status(obj: dict, rollout_id: str, watch: bool, interval: float, as_json: bo
 
 def _check_succeeded(r: dict[str, Any]) -> None:
     """--watch ends like the rollout: exit 0 only if it succeeded, so CI can wait on it."""
-    if r["state"] != "succeeded":
+    if r["state"] != RolloutState.SUCCEEDED:
         why = f": {r['reason']}" if r.get("reason") else ""
         raise CliError(f"rollout {r['id']} ended {r['state']}{why}; see `slmops rollout status "
                        f"{r['id']}`", f"rollout_{r['state']}")
 
 
 @rollout.command("list")
-@click.option("--state", "states", multiple=True, help="only rollouts in this state")
+@click.option("--state", "only", multiple=True, type=click.Choice(list(RolloutState)),
+              help="only rollouts in this state (repeatable)")
 @json_option
 @click.pass_obj
-def list_(obj: dict, states: tuple[str, ...], as_json: bool) -> None:
+def list_(obj: dict, only: tuple[str, ...], as_json: bool) -> None:
     """Rollouts, newest first."""
     client = AdminClient(obj["config"])
-    response = client.call(client.stub.ListRollouts, rollout_pb2.ListRolloutsRequest(states=states))
+    response = client.call(client.stub.ListRollouts, rollout_pb2.ListRolloutsRequest(
+        rollout_states=[states.rollout_state_to_proto(s) for s in only]))
     data = {"rollouts": [view(r) for r in response.rollouts]}
     emit(data, as_json, lambda d: table(f"rollouts ({len(d['rollouts'])})",
          ["id", "model", "state", "wave", "selector", "by", "created", "reason"],

@@ -11,6 +11,7 @@ from controller.cli import views
 from controller.cli.follow import follow, interrupted, require_success
 from controller.cli.output import CliError, console, emit, json_option, when
 from controller.cli.pipeline_client import PipelineClient
+from controller.jobs.states import JobState
 from controller.settings import default_data_dir
 
 
@@ -70,7 +71,7 @@ def _run_local(recipe_path: Path, data_dir: Path, work_dir: Path | None, as_json
 
 
 def _summary(j: dict[str, Any]) -> None:
-    if j["status"] == "succeeded":
+    if j["status"] == JobState.SUCCEEDED:
         console.print(f"job {j['id']} succeeded: registered {', '.join(j['models']) or 'nothing'}"
                       + (" (see `slmops models list`)" if j["models"] else ""), highlight=False)
     else:

@@ -7,7 +7,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from agent.delivery.phases import DeploymentPhase, UnknownPhase
+from agent.delivery.phases import from_proto as phase_from_proto
 from controller.cli.output import when
+from controller.jobs import states as job_states
 from protos import admin_pb2, common_pb2, pipeline_pb2
 
 
@@ -71,7 +74,7 @@ def job(j: pipeline_pb2.Job) -> dict[str, Any]:
         if p.HasField("eta_s"):
             progress["eta_s"] = p.eta_s
     return {
-        "id": j.id, "kind": j.kind, "recipe_name": j.recipe_name, "status": j.status,
+        "id": j.id, "kind": j.kind, "recipe_name": j.recipe_name, "status": job_states.word(j.state),
         "progress": progress, "error": j.error, "models": list(j.models), "attempts": j.attempts,
         "target": j.target, "result": _json_field(j.result_json),
         "created_at": when(j.created_at_ms), "started_at": when(j.started_at_ms) if j.started_at_ms
@@ -121,10 +124,17 @@ def profile(p: pipeline_pb2.DeviceProfile) -> dict[str, Any]:
 
 # --- deployment: what a device runs and where its latest release stands --------------------
 
-# Phases a device reports (DeploymentStatus.phase) in the words a person reads.
-PHASE_WORDS = {"rolled_back": "rolled back"}
-# Phases after which the device does no more on a release by itself.
-SETTLED_PHASES = ("active", "failed", "refused", "rolled_back")
+# Phases a device reports (DeploymentPhase) in the words a person reads.
+PHASE_WORDS = {DeploymentPhase.ROLLED_BACK: "rolled back"}
+
+
+def phase_word(number: int, reported: bool) -> str:
+    """The DeploymentPhase value of a wire number: "" before any report (``reported`` false),
+    "unknown" for a phase the controller (or this CLI) does not know; the reason says which."""
+    try:
+        return phase_from_proto(number).value
+    except UnknownPhase:
+        return DeploymentPhase.UNKNOWN.value if reported else ""
 
 
 def deployment(p: admin_pb2.Deployment) -> dict[str, Any]:
@@ -134,7 +144,8 @@ def deployment(p: admin_pb2.Deployment) -> dict[str, Any]:
         "desired_model": p.desired_model, "desired_release": p.desired_release,
         "desired_variant": p.desired_variant, "active_model": p.active_model,
         "active_release": p.active_release, "previous_model": p.previous_model,
-        "previous_release": p.previous_release, "phase": p.phase, "reason": p.reason,
+        "previous_release": p.previous_release,
+        "phase": phase_word(p.deployment_phase, bool(p.updated_at_ms)), "reason": p.reason,
         "bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "bytes_per_s": p.bytes_per_s,
         "detail": _detail(p.detail_json),
         "updated_at": when(p.updated_at_ms) if p.updated_at_ms else None,
@@ -172,7 +183,7 @@ def awaiting(view: dict[str, Any]) -> bool:
     """A release was assigned that the device has not started on: its last report is about the
     release it runs (settled there, or no report at all) while the desired one is another."""
     return bool(view["desired_release"]) and view["desired_release"] != view["active_release"] \
-        and view["phase"] in ("", "active")
+        and view["phase"] in ("", DeploymentPhase.ACTIVE)
 
 
 def phase_text(view: dict[str, Any], *, short: bool = False) -> str:
@@ -184,7 +195,7 @@ def phase_text(view: dict[str, Any], *, short: bool = False) -> str:
     if awaiting(view):
         return "pending" if short else \
             f"pending: release {view['desired_release']} assigned; the device has not reported on it yet"
-    if phase == "downloading" and view["bytes_total"]:
+    if phase == DeploymentPhase.DOWNLOADING and view["bytes_total"]:
         done, total = view["bytes_done"], view["bytes_total"]
         text = f"downloading {min(100, int(100 * done / total))} %"
         if short:

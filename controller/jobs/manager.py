@@ -28,6 +28,7 @@ from typing import Any
 from controller.jobs import specs
 from controller.jobs.files import Event, EventLog, JobFiles, Upload, clear_staging
 from controller.jobs.progress import Progress
+from controller.jobs.states import JobState
 from controller.jobs.store import ACTIVE, JobRecord, JobStore, new_job_id
 from controller.jobs.worker_process import EXIT_CANCELLED, EXIT_OK, WorkerProcess
 from controller.pipeline.jsonl import write_atomic
@@ -99,7 +100,7 @@ class JobManager:
         clear_staging(self.jobs_root)
         for job in await asyncio.to_thread(self.store.requeue_interrupted):
             log.info("job %s was running when the controller stopped; it resumes", job.id)
-            self.events(job.id).append({"type": "status", "status": "queued", "message":
+            self.events(job.id).append({"type": "status", "status": JobState.QUEUED, "message":
                                         "the controller restarted; the job resumes"})
         self._scheduler = asyncio.create_task(self._schedule(), name="job-scheduler")
 
@@ -122,7 +123,7 @@ class JobManager:
         if self._stopping:
             raise ShuttingDown("the controller is shutting down; submit the job again later")
         job = JobRecord(id=new_job_id(), kind=sub.kind, recipe_name=sub.recipe.name,
-                        status="queued", created_at_ms=_now_ms(), target=sub.target)
+                        status=JobState.QUEUED, created_at_ms=_now_ms(), target=sub.target)
         await asyncio.to_thread(self._prepare, job, sub)
         self._wake.set()
         return job
@@ -142,7 +143,7 @@ class JobManager:
                 write_atomic(files.root / "eval.json", json.dumps(
                     {"target": sub.target, "eval_name": sub.eval_name}).encode())
             files.work.mkdir()
-            EventLog(files.events).append({"type": "status", "status": "queued"})
+            EventLog(files.events).append({"type": "status", "status": JobState.QUEUED})
             self.store.create(job)
         except BaseException:
             sub.upload.discard()
@@ -152,11 +153,11 @@ class JobManager:
     async def cancel(self, job_id: str) -> JobRecord:
         job = await asyncio.to_thread(self.store.get, job_id)
         run = self._runs.get(job_id)
-        if run is None and job.status == "queued":
-            done = await asyncio.to_thread(self.store.finish, job_id, "cancelled", _now_ms(),
-                                           expected=("queued",))
+        if run is None and job.status == JobState.QUEUED:
+            done = await asyncio.to_thread(self.store.finish, job_id, JobState.CANCELLED, _now_ms(),
+                                           expected=(JobState.QUEUED,))
             if done is not None:
-                self.events(job_id).append({"type": "status", "status": "cancelled"})
+                self.events(job_id).append({"type": "status", "status": JobState.CANCELLED})
                 return done
             run = self._runs.get(job_id)  # it started meanwhile
         if run is not None:  # the run ends it as cancelled, now or once its worker starts
@@ -167,11 +168,11 @@ class JobManager:
                     and time.monotonic() < deadline:
                 await asyncio.sleep(self.poll_s)
             return job
-        if job.status == "running":  # no worker in this controller runs it
-            done = await asyncio.to_thread(self.store.finish, job_id, "cancelled", _now_ms(),
-                                           expected=("running",))
+        if job.status == JobState.RUNNING:  # no worker in this controller runs it
+            done = await asyncio.to_thread(self.store.finish, job_id, JobState.CANCELLED, _now_ms(),
+                                           expected=(JobState.RUNNING,))
             if done is not None:
-                self.events(job_id).append({"type": "status", "status": "cancelled"})
+                self.events(job_id).append({"type": "status", "status": JobState.CANCELLED})
         return await asyncio.to_thread(self.store.get, job_id)
 
     async def _terminate(self, run: _Run) -> None:
@@ -229,7 +230,7 @@ class JobManager:
             await self._attempt(run, job)
         except Exception as e:  # noqa: BLE001 - a job must end failed, never stay "running"
             log.exception("job %s: unexpected error", job.id)
-            await self._finish(job.id, "failed", error=f"the controller could not run it: {e}")
+            await self._finish(job.id, JobState.FAILED, error=f"the controller could not run it: {e}")
         finally:
             del self._runs[job.id]
             self._wake.set()
@@ -240,7 +241,7 @@ class JobManager:
         if run.cancel_requested or self._stopping:
             await self._conclude(run, job, files, None)
             return
-        events.append({"type": "status", "status": "running", "attempt": job.attempts})
+        events.append({"type": "status", "status": JobState.RUNNING, "attempt": job.attempts})
         tail = events.reader(at_end=True)
         run.worker = worker = await WorkerProcess.start(self._python, files)
         if run.cancel_requested or self._stopping:  # asked while the worker was being started
@@ -270,9 +271,9 @@ class JobManager:
     async def _conclude(self, run: _Run, job: JobRecord, files: JobFiles, code: int | None) -> None:
         """``code`` is the worker's exit status; None if it was never started."""
         if run.cancel_requested:
-            await self._finish(job.id, "cancelled")
+            await self._finish(job.id, JobState.CANCELLED)
         elif self._stopping:
-            EventLog(files.events).append({"type": "status", "status": "queued", "message":
+            EventLog(files.events).append({"type": "status", "status": JobState.QUEUED, "message":
                                            "the controller stopped; the job resumes when it "
                                            "starts again"})
             await asyncio.to_thread(self.store.requeue, job.id)
@@ -282,15 +283,15 @@ class JobManager:
             try:
                 models, result = await asyncio.to_thread(self._collect, job, files)
             except (Invalid, StoreError, OSError, ValueError) as e:
-                await self._finish(job.id, "failed", error=f"the job ran, but its models could "
+                await self._finish(job.id, JobState.FAILED, error=f"the job ran, but its models could "
                                    f"not be registered: {e}")
             else:
-                await self._finish(job.id, "succeeded", models=models, result=result)
+                await self._finish(job.id, JobState.SUCCEEDED, models=models, result=result)
         elif code == EXIT_CANCELLED:
-            await self._finish(job.id, "cancelled", error="the worker was stopped from outside "
+            await self._finish(job.id, JobState.CANCELLED, error="the worker was stopped from outside "
                                "the controller (SIGTERM)")
         else:
-            await self._finish(job.id, "failed", error=run.last_error or self._crash(files, code))
+            await self._finish(job.id, JobState.FAILED, error=run.last_error or self._crash(files, code))
 
     @staticmethod
     def _crash(files: JobFiles, code: int) -> str:

@@ -28,14 +28,14 @@ from sqlalchemy import (
     update,
 )
 
+from controller.jobs.states import TERMINAL, JobState
 from controller.registry.database import Database
 from controller.store import NotFound
 from controller.validation import Invalid
 
 KINDS = ("recipe", "eval", "build")
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
-STATUSES = ACTIVE + TERMINAL
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+STATUSES = tuple(JobState)
 JOB_ID_RE = re.compile(r"^j-[0-9a-f]{12}$")
 
 metadata = MetaData()
@@ -135,7 +135,7 @@ class JobStore:
     def queued(self) -> list[JobRecord]:
         """Oldest first: the order they run in."""
         with self._db.read() as conn:
-            return [_job(r) for r in conn.execute(select(jobs).where(jobs.c.status == "queued")
+            return [_job(r) for r in conn.execute(select(jobs).where(jobs.c.status == JobState.QUEUED)
                                                   .order_by(jobs.c.created_at_ms, jobs.c.id))]
 
     def _transition(self, job_id: str, expected: Sequence[str], **values: Any) -> JobRecord | None:
@@ -157,26 +157,26 @@ class JobStore:
     def start(self, job_id: str, now_ms: int) -> JobRecord | None:
         """queued -> running, one more attempt."""
         current = self.get(job_id)
-        return self._transition(job_id, ("queued",), status="running", started_at_ms=now_ms,
+        return self._transition(job_id, (JobState.QUEUED,), status=JobState.RUNNING, started_at_ms=now_ms,
                                 attempts=current.attempts + 1, error="")
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        self._transition(job_id, ("running",), progress=progress)
+        self._transition(job_id, (JobState.RUNNING,), progress=progress)
 
     def requeue(self, job_id: str) -> JobRecord | None:
         """running -> queued: its worker stopped with the controller; it resumes later."""
-        return self._transition(job_id, ("running",), status="queued")
+        return self._transition(job_id, (JobState.RUNNING,), status=JobState.QUEUED)
 
     def requeue_interrupted(self) -> list[JobRecord]:
         """Every job a controller left running (it died or stopped): back in the queue."""
-        requeued = (self.requeue(job.id) for job in self.list(("running",), limit=10_000))
+        requeued = (self.requeue(job.id) for job in self.list((JobState.RUNNING,), limit=10_000))
         return [job for job in requeued if job is not None]
 
     def finish(self, job_id: str, status: str, now_ms: int, *, error: str = "",
                models: Sequence[str] = (), result: dict[str, Any] | None = None,
                expected: Sequence[str] = ACTIVE) -> JobRecord | None:
         if status not in TERMINAL:
-            raise ValueError(f"status: {status!r} is not one of {TERMINAL}")
+            raise ValueError(f"status: {status!r} is not one of {', '.join(sorted(TERMINAL))}")
         values: dict[str, Any] = {"status": status, "finished_at_ms": now_ms, "error": error,
                                   "models": list(models)}
         if result is not None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from controller.delivery.releases import Releases
 from controller.hub import Hub
 from controller.registry import ModelRegistry
 from controller.rollouts.plan import RolloutSpec, plan
+from controller.rollouts.states import RolloutDeviceState, RolloutEvent, RolloutState, transition
 from controller.rollouts.waves import Limits, WaveStepper, event
 from controller.services.fleet import desired_state
 from controller.store import Conflict, DeviceRecord, FleetStore, NotFound
@@ -27,12 +27,6 @@ from controller.store.rollouts import ACTIVE_STATES, RolloutRecord
 
 log = logging.getLogger(__name__)
 
-# action -> (the states it may start from, the state it leads to)
-TRANSITIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "paused": (("running",), "paused"),
-    "resumed": (("paused",), "running"),
-    "aborted": (("running", "paused"), "aborted"),
-}
 
 
 def _now() -> int:
@@ -67,7 +61,7 @@ class RolloutEngine:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a bad step must not stop every rollout; retried
+            except Exception:  # logged: a bad step must not stop every rollout; retried
                 log.exception("rollout engine tick failed")
             await asyncio.sleep(self._tick_s)
 
@@ -101,7 +95,7 @@ class RolloutEngine:
             now = _now()
             devices = self._store.list_devices(spec.selector, False)
             rollout, targets = plan(spec, devices, self._registry, actor, now)
-            skipped = sum(1 for t in targets if t.status == "skipped")
+            skipped = sum(1 for t in targets if t.status == RolloutDeviceState.SKIPPED)
             detail = (f"{rollout.model} to {len(targets) - skipped} device(s) in waves "
                       f"{'/'.join(map(str, rollout.wave_sizes))}; {skipped} skipped")
             return self._store.create_rollout(rollout, targets,
@@ -110,20 +104,22 @@ class RolloutEngine:
         async with self._lock:
             return await asyncio.to_thread(run)
 
-    async def transition(self, rollout_id: str, action: str, actor: str) -> RolloutRecord:
-        """pause, resume or abort; Conflict naming the state when it can't."""
-        allowed, target = TRANSITIONS[action]
+    async def transition(self, rollout_id: str, what: RolloutEvent, actor: str) -> RolloutRecord:
+        """pause, resume or abort, by the transition table (states.py): IllegalTransition
+        naming the state and the command when the rollout's state does not allow it."""
         now = _now()
         async with self._lock:
+            current = await self._get(rollout_id)
+            target = transition(current.state, what, rollout_id)
+            action = what.audit_action
             done = await asyncio.to_thread(
-                self._store.update_rollout, rollout_id, allowed,
+                self._store.update_rollout, rollout_id, [current.state],
                 event(rollout_id, actor, action, f"{action} by {actor}", now), state=target,
-                updated_at_ms=now, **({"finished_at_ms": now} if target == "aborted" else {}))
-            if done is None:
-                current = await self._get(rollout_id)
-                verb = action[:-1] if action.endswith("ed") else action
-                raise Conflict(f"rollout {rollout_id} is {current.state}; only a rollout that is "
-                               f"{' or '.join(allowed)} can be {action} (can't {verb} it)")
+                updated_at_ms=now, **({"finished_at_ms": now} if target == RolloutState.ABORTED else {}))
+            if done is None:  # another controller moved it meanwhile: judged on its new state
+                transition((await self._get(rollout_id)).state, what, rollout_id)
+                raise Conflict(f"rollout {rollout_id} changed while it was being {what.past}; "
+                               "try again")
             return done
 
     async def roll_back(self, rollout_id: str, actor: str) -> RolloutRecord:

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controller.registry import ModelRegistry, NotDeployable
+from controller.rollouts.states import RolloutDeviceState, RolloutState
 from controller.store import DeviceRecord
 from controller.store.rollouts import GATE_NAMES, RolloutDeviceRecord, RolloutRecord
 from controller.validation import Invalid
 
 MAX_WAVES = 20
 MAX_BAKE_MS = 7 * 24 * 3600 * 1000
-OFFLINE_POLICIES = ("failed", "skipped")
+OFFLINE_POLICIES = (RolloutDeviceState.FAILED, RolloutDeviceState.SKIPPED)  # what an offline device counts as
 _PART = re.compile(r"^(\d{1,6})(%?)$")
 
 
@@ -83,7 +84,7 @@ class RolloutSpec:
     gates: Mapping[str, float] | None = None
     auto_rollback: bool = True
     offline_timeout_ms: int = 300_000
-    offline_policy: str = "failed"
+    offline_policy: str = RolloutDeviceState.FAILED
 
     def check(self) -> None:
         if not self.selector:
@@ -131,7 +132,8 @@ def plan(spec: RolloutSpec, devices: list[DeviceRecord], registry: ModelRegistry
             reason = verdicts[profile]
         if reason:
             skipped.append(RolloutDeviceRecord(rollout_id, device.id, device.name, -1, profile,
-                                               "skipped", reason=reason, updated_at_ms=now_ms))
+                                               RolloutDeviceState.SKIPPED, reason=reason,
+                                               updated_at_ms=now_ms))
         else:
             targets.append((device, profile))
     if not targets:
@@ -144,12 +146,12 @@ def plan(spec: RolloutSpec, devices: list[DeviceRecord], registry: ModelRegistry
     for wave, size in enumerate(sizes):
         for device, profile in targets[index:index + size]:
             planned.append(RolloutDeviceRecord(rollout_id, device.id, device.name, wave, profile,
-                                               "pending", updated_at_ms=now_ms))
+                                               RolloutDeviceState.PENDING, updated_at_ms=now_ms))
         index += size
     rollout = RolloutRecord(
         id=rollout_id, model=ref, selector=dict(spec.selector), waves_spec=spec.waves,
         wave_sizes=sizes, bake_ms=spec.bake_ms, max_failure=spec.max_failure.strip(),
         gates=dict(spec.gates or {}), auto_rollback=spec.auto_rollback,
         offline_timeout_ms=spec.offline_timeout_ms, offline_policy=spec.offline_policy,
-        state="running", created_by=actor, created_at_ms=now_ms, updated_at_ms=now_ms)
+        state=RolloutState.RUNNING, created_by=actor, created_at_ms=now_ms, updated_at_ms=now_ms)
     return rollout, planned + skipped

@@ -16,15 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.delivery.phases import DeploymentPhase
 from controller.delivery.releases import ReleaseRefused, Releases
 from controller.rollouts import gates
 from controller.rollouts.plan import allowed_failures
+from controller.rollouts.states import (
+    UNSETTLED,
+    RolloutDeviceState,
+    RolloutEvent,
+    RolloutState,
+    sources,
+    transition,
+)
 from controller.store import Conflict, FleetStore, NotFound
 from controller.store.rollouts import RolloutDeviceRecord, RolloutEventRecord, RolloutRecord
 
 log = logging.getLogger(__name__)
 SYSTEM = "system"  # the actor of what the engine decides on its own
-ROLLBACK_FROM = ("running", "paused", "halted", "succeeded", "aborted")
 
 
 @dataclass(frozen=True)
@@ -53,14 +61,14 @@ class WaveStepper:
 
     def step(self, rollout: RolloutRecord, now: int) -> list[str]:
         pushes: list[str] = []
-        if rollout.state == "running" and not rollout.wave_started_ms:
+        if rollout.state == RolloutState.RUNNING and not rollout.wave_started_ms:
             gap = 60_000 / self._limits.waves_per_minute
             if now - self._last_started(rollout.id) < gap:
                 return pushes
             names = [d.device_name for d in self._store.rollout_devices(rollout.id)
                      if d.wave == rollout.current_wave]
             started = self._store.update_rollout(
-                rollout.id, ["running"], event(rollout.id, SYSTEM, "wave_started",
+                rollout.id, [RolloutState.RUNNING], event(rollout.id, SYSTEM, "wave_started",
                                                f"wave {rollout.current_wave + 1} of "
                                                f"{len(rollout.wave_sizes)}: {', '.join(names)}", now),
                 wave_started_ms=now, bake_started_ms=0, updated_at_ms=now)
@@ -69,9 +77,9 @@ class WaveStepper:
             rollout = started
             self._last_wave_start[rollout.id] = now
         for d in self._store.rollout_devices(rollout.id):
-            if d.status == "assigned":
+            if d.status == RolloutDeviceState.ASSIGNED:
                 self._follow(rollout, d, now)
-        if rollout.state != "running":
+        if rollout.state != RolloutState.RUNNING:
             return pushes  # paused: in-flight updates finish, nothing new starts
         self._start_wave(rollout, now, pushes)
         self._judge_wave(rollout, now, pushes)
@@ -100,19 +108,22 @@ class WaveStepper:
     def _follow(self, rollout: RolloutRecord, d: RolloutDeviceRecord, now: int) -> None:
         device = self._store.get_device(d.device_id)
         if device is None or device.removed_at_ms:
-            self._set(d, now, status="failed", reason="removed from the fleet during the rollout")
+            self._set(d, now, status=RolloutDeviceState.FAILED,
+                      reason="removed from the fleet during the rollout")
             return
         report = device.deployment
         if device.desired_release != d.release:
-            self._set(d, now, status="failed", reason=f"assigned release {device.desired_release} "
-                      "outside this rollout while it was being updated")
-        elif report.release == d.release and report.phase == "active" and \
+            self._set(d, now, status=RolloutDeviceState.FAILED,
+                      reason=f"assigned release {device.desired_release} outside this rollout while "
+                      "it was being updated")
+        elif report.release == d.release and report.phase == DeploymentPhase.ACTIVE and \
                 report.active_release == d.release:
-            self._set(d, now, status="active", reason="", previous_release=report.previous_release,
-                      previous_model=report.previous_model,
+            self._set(d, now, status=RolloutDeviceState.ACTIVE, reason="",
+                      previous_release=report.previous_release, previous_model=report.previous_model,
                       figures=gates.figures(self._store, device, now, now))
-        elif report.release == d.release and report.phase in ("failed", "refused"):
-            self._set(d, now, status="failed", reason=f"{report.phase}: {report.reason}",
+        elif report.release == d.release and \
+                report.phase in (DeploymentPhase.FAILED, DeploymentPhase.REFUSED):
+            self._set(d, now, status=RolloutDeviceState.FAILED, reason=f"{report.phase}: {report.reason}",
                       figures=gates.figures(self._store, device, now, now))
         elif not self._online(d.device_id) and now - d.assigned_at_ms > rollout.offline_timeout_ms:
             self._offline_verdict(rollout, d, d.assigned_at_ms, now)
@@ -120,13 +131,13 @@ class WaveStepper:
     def _start_wave(self, rollout: RolloutRecord, now: int, pushes: list[str]) -> None:
         in_flight = self._store.count_in_flight()
         for d in self._store.rollout_devices(rollout.id):
-            if d.wave != rollout.current_wave or d.status != "pending":
+            if d.wave != rollout.current_wave or d.status != RolloutDeviceState.PENDING:
                 continue
             if in_flight >= self._limits.max_in_flight:
                 return
             device = self._store.get_device(d.device_id)
             if device is None or device.removed_at_ms:
-                self._set(d, now, status="failed", reason="removed from the fleet")
+                self._set(d, now, status=RolloutDeviceState.FAILED, reason="removed from the fleet")
                 continue
             if not self._online(d.device_id):
                 if now - rollout.wave_started_ms > rollout.offline_timeout_ms:
@@ -138,7 +149,7 @@ class WaveStepper:
             except Conflict:
                 continue  # recorded as assigned already (by a step before a restart)
             except (ReleaseRefused, NotFound) as e:
-                self._set(d, now, status="failed", reason=str(e))
+                self._set(d, now, status=RolloutDeviceState.FAILED, reason=str(e))
                 continue
             pushes.append(d.device_id)
             in_flight += 1
@@ -146,10 +157,10 @@ class WaveStepper:
     def _judge_wave(self, rollout: RolloutRecord, now: int, pushes: list[str]) -> None:
         wave = rollout.current_wave
         devices = [d for d in self._store.rollout_devices(rollout.id) if d.wave >= 0]
-        if any(d.status in ("pending", "assigned") for d in devices if d.wave == wave):
+        if any(d.status in UNSETTLED for d in devices if d.wave == wave):
             return
         so_far = [d for d in devices if d.wave <= wave]
-        failed = [d for d in so_far if d.status == "failed"]
+        failed = [d for d in so_far if d.status == RolloutDeviceState.FAILED]
         allowed = allowed_failures(rollout.max_failure, len(so_far))
         if len(failed) > allowed:
             results = [{"gate": "max_failure", "device_id": d.device_id, "device_name": d.device_name,
@@ -160,14 +171,15 @@ class WaveStepper:
                        f"more than max_failure {rollout.max_failure} ({why})", results, now, pushes)
             return
         if not rollout.bake_started_ms:
-            self._store.update_rollout(rollout.id, ["running"], bake_started_ms=now, updated_at_ms=now)
+            self._store.update_rollout(rollout.id, [RolloutState.RUNNING], bake_started_ms=now,
+                                       updated_at_ms=now)
             return
         if now - rollout.bake_started_ms < rollout.bake_ms:
             return
         results: list[dict[str, Any]] = []
         for d in so_far:
             device = self._store.get_device(d.device_id)
-            if d.status != "active" or device is None:
+            if d.status != RolloutDeviceState.ACTIVE or device is None:
                 continue
             figs = gates.figures(self._store, device, rollout.bake_started_ms, now)
             self._set(d, now, figures=figs)
@@ -180,13 +192,15 @@ class WaveStepper:
         detail = f"wave {wave + 1} passed its gates after a {rollout.bake_ms / 1000:g} s bake"
         if last:
             done = self._store.update_rollout(
-                rollout.id, ["running"], event(rollout.id, SYSTEM, "succeeded", detail, now),
-                state="succeeded", gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
+                rollout.id, sources(RolloutEvent.SUCCEED),
+                event(rollout.id, SYSTEM, RolloutEvent.SUCCEED.audit_action, detail, now),
+                state=transition(rollout.state, RolloutEvent.SUCCEED, rollout.id),
+                gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
             if done is not None:
                 self._converge_offline(done, now, pushes)
         else:
             self._store.update_rollout(
-                rollout.id, ["running"], event(rollout.id, SYSTEM, "wave_passed", detail, now),
+                rollout.id, [RolloutState.RUNNING], event(rollout.id, SYSTEM, "wave_passed", detail, now),
                 current_wave=wave + 1, wave_started_ms=0, bake_started_ms=0,
                 gate_results=tuple(results), updated_at_ms=now)
 
@@ -194,7 +208,8 @@ class WaveStepper:
         """After success, devices counted out while offline get the release as their desired
         state, so each converges when it comes back."""
         for d in self._store.rollout_devices(rollout.id):
-            if d.status in ("failed", "skipped") and d.reason.startswith("offline"):
+            if d.status in (RolloutDeviceState.FAILED, RolloutDeviceState.SKIPPED) and \
+                    d.reason.startswith("offline"):
                 device = self._store.get_device(d.device_id)
                 if device is None or device.removed_at_ms:
                     continue
@@ -204,7 +219,8 @@ class WaveStepper:
                 except (ReleaseRefused, NotFound) as e:
                     self._set(d, now, reason=f"{d.reason}; can't be assigned: {e}")
                     continue
-                self._set(d, now, status="assigned", release=release.release, assigned_at_ms=now,
+                self._set(d, now, status=RolloutDeviceState.ASSIGNED, release=release.release,
+                          assigned_at_ms=now,
                           reason="offline during the rollout; assigned at its end, it converges "
                                  "when it returns")
                 pushes.append(d.device_id)
@@ -216,9 +232,11 @@ class WaveStepper:
         log.warning("rollout %s halted: %s", rollout.id, reason)
         # with auto-rollback the state goes straight to rolled_back once the devices are on their
         # way back, never "halted" meanwhile
+        state = transition(rollout.state, RolloutEvent.HALT, rollout.id)
         halted = self._store.update_rollout(
-            rollout.id, ["running"], event(rollout.id, SYSTEM, "halted", reason, now),
-            **({} if rollout.auto_rollback else {"state": "halted"}), reason=reason,
+            rollout.id, sources(RolloutEvent.HALT),
+            event(rollout.id, SYSTEM, RolloutEvent.HALT.audit_action, reason, now),
+            **({} if rollout.auto_rollback else {"state": state}), reason=reason,
             gate_results=tuple(results), finished_at_ms=now, updated_at_ms=now)
         if halted is not None and rollout.auto_rollback:
             pushes.extend(self.roll_back(halted, SYSTEM, now))
@@ -232,12 +250,12 @@ class WaveStepper:
         whose desired state changed outside the rollout since is left alone. The rollout ends
         rolled_back."""
         current = self._store.get_rollout(rollout.id)
-        if current is None or current.state not in ROLLBACK_FROM:
-            raise Conflict(f"rollout {rollout.id} is {self._state(rollout.id)}; it can't be rolled "
-                           "back (again)")
+        if current is None:
+            raise NotFound(f"no rollout {rollout.id}; see `slmops rollout list`")
+        target = transition(current.state, RolloutEvent.ROLL_BACK, rollout.id)
         pushes, back, kept = [], [], []
         for d in self._store.rollout_devices(rollout.id):
-            if not d.release or d.status == "rolled_back":
+            if not d.release or d.status == RolloutDeviceState.ROLLED_BACK:
                 continue  # never given the rollout's release (pending, skipped), or back already
             device = self._store.get_device(d.device_id)
             if device is None or device.removed_at_ms:
@@ -257,9 +275,10 @@ class WaveStepper:
                 continue
             # A device whose own report said the update failed keeps that status and its reason,
             # the figures the halt was about; every other one is rolled_back.
-            failed_there = d.status == "failed" and not d.reason.startswith("offline")
+            failed_there = d.status == RolloutDeviceState.FAILED and not d.reason.startswith("offline")
             called_off = f"called off: it stays on {release.ref}, as release {release.release}"
-            self._set(d, now, status="failed" if failed_there else "rolled_back",
+            self._set(d, now, status=RolloutDeviceState.FAILED if failed_there else
+                      RolloutDeviceState.ROLLED_BACK,
                       reason=f"back to {release.ref} as release {release.release}" if switched else
                       f"{d.reason}; {called_off}" if failed_there else
                       f"its update was {called_off} ({d.status}: {d.reason or 'updating'})")
@@ -270,12 +289,9 @@ class WaveStepper:
             detail += f"; not rolled back: {'; '.join(kept)}"
         # the final state and its event together, once every device is on its way back: a reader
         # never sees a finished rollout whose devices were not yet sent back
-        self._store.update_rollout(rollout.id, ROLLBACK_FROM,
-                                   event(rollout.id, actor, "rolled_back", detail, now),
-                                   state="rolled_back", updated_at_ms=now,
+        self._store.update_rollout(rollout.id, sources(RolloutEvent.ROLL_BACK),
+                                   event(rollout.id, actor, RolloutEvent.ROLL_BACK.audit_action,
+                                         detail, now),
+                                   state=target, updated_at_ms=now,
                                    finished_at_ms=current.finished_at_ms or now)
         return pushes
-
-    def _state(self, rollout_id: str) -> str:
-        found = self._store.get_rollout(rollout_id)
-        return found.state if found else "gone"

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from agent.delivery.phases import to_proto as phase_to_proto
 from controller import validation
 from controller.hub import Hub
 from controller.pki import ROLE_ADMIN, ROLE_DEVICE, CsrError, PeerCert, parse_peer_cert
@@ -155,7 +156,7 @@ def deployment_to_proto(device: DeviceRecord) -> admin_pb2.Deployment:
         desired_model=device.desired_model, desired_release=device.desired_release,
         desired_variant=device.desired_profile, active_model=r.active_model,
         active_release=r.active_release, previous_model=r.previous_model,
-        previous_release=r.previous_release, phase=r.phase, reason=r.reason,
+        previous_release=r.previous_release, deployment_phase=phase_to_proto(r.phase), reason=r.reason,
         bytes_done=r.bytes_done, bytes_total=r.bytes_total, bytes_per_s=r.bytes_per_s,
         detail_json=r.detail_json, updated_at_ms=r.updated_at_ms,
     )

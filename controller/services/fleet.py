@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from agent.delivery.phases import DeploymentPhase, UnknownPhase
+from agent.delivery.phases import from_proto as phase_from_proto
 from controller import validation
 from controller.build.profiles import ProfileSet
 from controller.hub import Hub, Session
@@ -36,8 +38,6 @@ HELLO_TIMEOUT_S = 30
 MAX_SAMPLES_PER_BATCH = 1000
 MAX_VALUES_PER_SAMPLE = 512
 MAX_REPORT_CHARS = 256 * 1024
-PHASES = ("downloading", "verifying", "staging", "gating", "active", "failed", "refused",
-          "rolled_back")
 MAX_DETAIL_CHARS = 64 * 1024
 MAX_REASON_CHARS = 4096
 _MAX_COUNT = 2**62  # releases and byte counts: far beyond any real one, within a BIGINT
@@ -62,10 +62,10 @@ async def load_desired_state(store: FleetStore, device: DeviceRecord) -> fleet_p
 
 
 def deployment_to_report(status: delivery_pb2.DeploymentStatus, now: int) -> DeploymentReport:
-    """Validate a device's deployment status; every error names the field."""
-    if status.phase not in PHASES:
-        raise validation.Invalid(f"deployment.phase: {status.phase[:40]!r} is not one of "
-                                 f"{', '.join(PHASES)}")
+    """Validate a device's deployment status; every error names the field. A phase number this
+    controller does not know (a newer agent's) is recorded as ``unknown`` with the number in the
+    reason, so the operator sees it; a report with no phase at all is refused."""
+    phase, reason = deployment_phase(status)
     for name, limit in (("model", 255), ("active_model", 255), ("previous_model", 255),
                         ("reason", MAX_REASON_CHARS), ("detail_json", MAX_DETAIL_CHARS)):
         validation.text(f"deployment.{name}", getattr(status, name), limit)
@@ -78,12 +78,27 @@ def deployment_to_report(status: delivery_pb2.DeploymentStatus, now: int) -> Dep
     if status.detail_json:
         validation.json_object("deployment.detail_json", status.detail_json)
     return DeploymentReport(
-        release=status.release, model=status.model, phase=status.phase, reason=status.reason,
+        release=status.release, model=status.model, phase=phase, reason=reason,
         bytes_done=status.bytes_done, bytes_total=status.bytes_total, bytes_per_s=rate,
         active_model=status.active_model, active_release=status.active_release,
         previous_model=status.previous_model, previous_release=status.previous_release,
         detail_json=status.detail_json, timestamp_ms=status.timestamp_ms, updated_at_ms=now,
     )
+
+
+def deployment_phase(status: delivery_pb2.DeploymentStatus) -> tuple[DeploymentPhase, str]:
+    """The report's phase and reason: a number this controller does not know is UNKNOWN, with
+    the number in the reason; a report without a phase is Invalid."""
+    try:
+        return phase_from_proto(status.deployment_phase), status.reason
+    except UnknownPhase as e:
+        if e.number == 0:
+            raise validation.Invalid("deployment.deployment_phase: not set; every report names the "
+                                     "phase of its release (is the agent older than this "
+                                     "controller? upgrade it)") from None
+    return DeploymentPhase.UNKNOWN, (f"unknown phase {status.deployment_phase} (the agent is newer "
+                                     "than this controller)"
+                                     + (f": {status.reason}" if status.reason else ""))
 
 
 def batch_to_item(device_id: str, batch: fleet_pb2.TelemetryBatch) -> IngestItem:
@@ -129,6 +144,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                  profiles: ProfileSet | None = None) -> None:
         self._store, self._hub, self._ingest = store, hub, ingest
         self._profiles = profiles  # None: the built-in ones
+        self._unknown_phases: set[tuple[str, int]] = set()  # (device, number) warned about
 
     async def Connect(
         self, request_iterator: AsyncIterator[fleet_pb2.ConnectRequest],
@@ -184,7 +200,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         except (validation.Invalid, StoreError) as e:
             log.warning("device %s: deployment report ignored: %s", device_id, e)
             return
-        level = logging.DEBUG if report.phase == "downloading" else logging.INFO  # every few s
+        if report.phase == DeploymentPhase.UNKNOWN:
+            key = (device_id, status.deployment_phase)
+            if key not in self._unknown_phases:  # once per device and number, not every report
+                self._unknown_phases.add(key)
+                log.warning("device %s: release %d: %s; recorded as phase unknown", device_id,
+                            report.release, report.reason)
+            return
+        # every few s while downloading
+        level = logging.DEBUG if report.phase == DeploymentPhase.DOWNLOADING else logging.INFO
         log.log(level, "device %s: release %d %s%s", device_id, report.release, report.phase,
                 f" ({report.reason})" if report.reason else "")
 
@@ -230,6 +254,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             raise
         except grpc.aio.AioRpcError:
             session.close("stream broken")
-        except Exception as e:  # noqa: BLE001 - end this stream with a status, keep the server
+        except Exception as e:  # logged: end this stream with a status, keep the server
             log.exception("stream of device %s failed", session.device_id)
             session.close(f"internal error: {e}", "INTERNAL")

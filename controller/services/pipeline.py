@@ -20,7 +20,8 @@ from controller import validation
 from controller.build.profiles import DeviceProfile, ProfileError, ProfileSet, builtin_profiles
 from controller.delivery.blobs import BlobStore
 from controller.delivery.integrity import verify
-from controller.jobs import STATUSES, JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
+from controller.jobs import JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
+from controller.jobs import states as job_states
 from controller.jobs.store import check_job_id
 from controller.pipeline.jsonl import DataError, read_jsonl
 from controller.registry import EvaluationRecord, ModelRecord, ModelRegistry, VariantRecord
@@ -56,7 +57,7 @@ _maps_stream_errors = maps_stream_errors_with(_status)
 def job_to_proto(job: JobRecord) -> pipeline_pb2.Job:
     p = job.progress
     return pipeline_pb2.Job(
-        id=job.id, kind=job.kind, recipe_name=job.recipe_name, status=job.status,
+        id=job.id, kind=job.kind, recipe_name=job.recipe_name, state=job_states.to_proto(job.status),
         progress=pipeline_pb2.JobProgress(
             step=p.get("step", ""), step_index=p.get("step_index", 0),
             step_count=p.get("step_count", 0), task=p.get("task", ""),
@@ -156,11 +157,12 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     @_maps_errors
     async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
         await require_admin(context)
-        for status in request.status:
-            if status not in STATUSES:
-                raise validation.Invalid(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+        try:
+            states = [job_states.from_proto(s) for s in request.states]
+        except ValueError as e:
+            raise validation.Invalid(f"states: {e}") from None
         limit = validation.int_range("limit", request.limit or 100, 1, MAX_LIST)
-        jobs = await asyncio.to_thread(self._manager.store.list, list(request.status), limit)
+        jobs = await asyncio.to_thread(self._manager.store.list, states, limit)
         return pipeline_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
 
     @_maps_errors

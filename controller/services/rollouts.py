@@ -9,12 +9,26 @@ import json
 
 import grpc
 
+from agent.delivery.phases import to_proto as phase_to_proto
 from controller import validation
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.plan import RolloutSpec
+from controller.rollouts.states import (
+    ACTIVE_STATES,
+    UNSETTLED,
+    IllegalTransition,
+    RolloutDeviceState,
+    RolloutEvent,
+    RolloutState,
+    WaveState,
+    device_state_to_proto,
+    rollout_state_from_proto,
+    rollout_state_to_proto,
+    wave_state_to_proto,
+)
 from controller.services.common import maps_errors_with, peer_cert, require_admin, status_for
 from controller.store import Conflict, FleetStore
-from controller.store.rollouts import GATE_NAMES, STATES, RolloutDeviceRecord, RolloutRecord
+from controller.store.rollouts import GATE_NAMES, RolloutDeviceRecord, RolloutRecord
 from protos import rollout_pb2
 
 DEFAULT_OFFLINE_TIMEOUT_MS = 300_000
@@ -25,7 +39,7 @@ class RolloutsUnavailable(Exception):
 
 
 def _status(e: Exception) -> grpc.StatusCode | None:
-    if isinstance(e, Conflict | RolloutsUnavailable):  # the state forbids it, not a duplicate
+    if isinstance(e, Conflict | RolloutsUnavailable | IllegalTransition):  # the state forbids it
         return grpc.StatusCode.FAILED_PRECONDITION
     from controller.delivery.releases import ReleaseRefused
 
@@ -45,20 +59,20 @@ def _rollout_id(value: str) -> str:
     return value
 
 
-def _wave_state(rollout: RolloutRecord, index: int, unsettled: int) -> str:
+def _wave_state(rollout: RolloutRecord, index: int, unsettled: int) -> WaveState:
     if index < rollout.current_wave:
-        return "passed"
+        return WaveState.PASSED
     if index > rollout.current_wave:
-        return "pending" if rollout.state in ("running", "paused") else "stopped"
-    if rollout.state == "succeeded":
-        return "passed"
-    if rollout.state in ("halted", "rolled_back") and rollout.reason:
-        return "halted"
-    if rollout.state not in ("running", "paused"):
-        return "stopped"
+        return WaveState.PENDING if rollout.state in ACTIVE_STATES else WaveState.STOPPED
+    if rollout.state == RolloutState.SUCCEEDED:
+        return WaveState.PASSED
+    if rollout.state in (RolloutState.HALTED, RolloutState.ROLLED_BACK) and rollout.reason:
+        return WaveState.HALTED
+    if rollout.state not in ACTIVE_STATES:
+        return WaveState.STOPPED
     if not rollout.wave_started_ms:
-        return "pending"
-    return "running" if unsettled or not rollout.bake_started_ms else "baking"
+        return WaveState.PENDING
+    return WaveState.RUNNING if unsettled or not rollout.bake_started_ms else WaveState.BAKING
 
 
 def rollout_to_proto(r: RolloutRecord, devices: list[RolloutDeviceRecord] | None = None,
@@ -68,7 +82,8 @@ def rollout_to_proto(r: RolloutRecord, devices: list[RolloutDeviceRecord] | None
         id=r.id, model=r.model, selector=dict(r.selector), waves_spec=r.waves_spec,
         bake_ms=r.bake_ms, max_failure=r.max_failure, gates=rollout_pb2.RolloutGates(**r.gates),
         auto_rollback=r.auto_rollback, offline_timeout_ms=r.offline_timeout_ms,
-        offline_policy=r.offline_policy, state=r.state, current_wave=r.current_wave, reason=r.reason,
+        offline_policy=r.offline_policy, rollout_state=rollout_state_to_proto(r.state),
+        current_wave=r.current_wave, reason=r.reason,
         created_by=r.created_by, created_at_ms=r.created_at_ms, updated_at_ms=r.updated_at_ms,
         finished_at_ms=r.finished_at_ms, bake_started_ms=r.bake_started_ms)
     for result in r.gate_results:
@@ -81,19 +96,19 @@ def rollout_to_proto(r: RolloutRecord, devices: list[RolloutDeviceRecord] | None
         out.gate_results.append(gate)
     for index, size in enumerate(r.wave_sizes):
         wave = [d for d in devices or [] if d.wave == index]
-        unsettled = sum(1 for d in wave if d.status in ("pending", "assigned"))
+        unsettled = sum(1 for d in wave if d.status in UNSETTLED)
         out.waves.append(rollout_pb2.RolloutWave(
-            index=index, size=size, state=_wave_state(r, index, unsettled),
-            active=sum(1 for d in wave if d.status == "active"),
-            failed=sum(1 for d in wave if d.status == "failed"), pending=unsettled))
+            index=index, size=size, wave_state=wave_state_to_proto(_wave_state(r, index, unsettled)),
+            active=sum(1 for d in wave if d.status == RolloutDeviceState.ACTIVE),
+            failed=sum(1 for d in wave if d.status == RolloutDeviceState.FAILED), pending=unsettled))
     for d in devices or []:
         record = store.get_device(d.device_id) if store is not None else None
         out.devices.append(rollout_pb2.RolloutDevice(
             device_id=d.device_id, device_name=d.device_name, wave=d.wave, profile=d.profile,
-            status=d.status, release=d.release, previous_release=d.previous_release,
+            state=device_state_to_proto(d.status), release=d.release, previous_release=d.previous_release,
             previous_model=d.previous_model, reason=d.reason,
             figures_json=json.dumps(dict(d.figures), sort_keys=True),
-            phase=record.deployment.phase if record else "",
+            deployment_phase=phase_to_proto(record.deployment.phase if record else ""),
             online=bool(online and online(d.device_id)), updated_at_ms=d.updated_at_ms))
     for e in events or []:
         out.events.append(rollout_pb2.RolloutEvent(at_ms=e.at_ms, actor=e.actor, action=e.action,
@@ -143,7 +158,7 @@ class RolloutOpsMixin:
             bake_ms=request.bake_ms, max_failure=request.max_failure or "0", gates=gates,
             auto_rollback=not request.no_auto_rollback,
             offline_timeout_ms=request.offline_timeout_ms or DEFAULT_OFFLINE_TIMEOUT_MS,
-            offline_policy=request.offline_policy or "failed")
+            offline_policy=request.offline_policy or RolloutDeviceState.FAILED)
         rollout = await self._engine().create(spec, self._actor(context))
         return rollout_pb2.CreateRolloutResponse(rollout=await self._full(rollout.id))
 
@@ -155,34 +170,35 @@ class RolloutOpsMixin:
     @maps_rollout_errors
     async def ListRollouts(self, request, context):  # type: ignore[no-untyped-def]
         await require_admin(context)
-        for state in request.states:
-            if state not in STATES:
-                raise validation.Invalid(f"states: {state[:40]!r} is not one of {', '.join(STATES)}")
-        records = await asyncio.to_thread(self._store.list_rollouts, list(request.states))
+        try:
+            states = [rollout_state_from_proto(s) for s in request.rollout_states]
+        except ValueError as e:
+            raise validation.Invalid(f"rollout_states: {e}") from None
+        records = await asyncio.to_thread(self._store.list_rollouts, states)
         return rollout_pb2.ListRolloutsResponse(rollouts=[rollout_to_proto(r) for r in records])
 
-    async def _act(self, request, context, action: str):  # type: ignore[no-untyped-def]
+    async def _act(self, request, context, what: RolloutEvent):  # type: ignore[no-untyped-def]
         await require_admin(context)
         rollout_id, actor = _rollout_id(request.id), self._actor(context)
-        if action == "rolled_back":
+        if what == RolloutEvent.ROLL_BACK:
             await self._engine().roll_back(rollout_id, actor)
         else:
-            await self._engine().transition(rollout_id, action, actor)
+            await self._engine().transition(rollout_id, what, actor)
         return rollout_pb2.RolloutActionResponse(rollout=await self._full(rollout_id))
 
     @maps_rollout_errors
     async def PauseRollout(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._act(request, context, "paused")
+        return await self._act(request, context, RolloutEvent.PAUSE)
 
     @maps_rollout_errors
     async def ResumeRollout(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._act(request, context, "resumed")
+        return await self._act(request, context, RolloutEvent.RESUME)
 
     @maps_rollout_errors
     async def AbortRollout(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._act(request, context, "aborted")
+        return await self._act(request, context, RolloutEvent.ABORT)
 
     @maps_rollout_errors
     async def RollbackRollout(self, request, context):  # type: ignore[no-untyped-def]
-        return await self._act(request, context, "rolled_back")
+        return await self._act(request, context, RolloutEvent.ROLL_BACK)
 

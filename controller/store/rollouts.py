@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIVE_STATES = ("running", "paused")  # a rollout in these holds its devices
-STATES = ("running", "paused", "halted", "succeeded", "aborted", "rolled_back")
-DEVICE_STATUSES = ("pending", "assigned", "active", "failed", "skipped", "rolled_back")
+from controller.rollouts.states import ACTIVE_STATES as ACTIVE_STATES  # re-exported: held devices
+from controller.rollouts.states import RolloutDeviceState, RolloutState
+
+STATES = tuple(RolloutState)
+DEVICE_STATUSES = tuple(RolloutDeviceState)
 GATE_NAMES = ("min_device_accuracy", "max_p95_ms", "max_error_rate", "max_memory_bytes")
 
 
@@ -32,7 +34,7 @@ class RolloutRecord:
     auto_rollback: bool
     offline_timeout_ms: int
     offline_policy: str  # "failed" | "skipped"
-    state: str
+    state: str  # a RolloutState
     created_by: str
     created_at_ms: int
     updated_at_ms: int
@@ -51,7 +53,7 @@ class RolloutDeviceRecord:
     device_name: str
     wave: int  # -1: skipped when the rollout was planned
     profile: str
-    status: str
+    status: str  # a RolloutDeviceState
     release: int = 0
     previous_release: int = 0
     previous_model: str = ""

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 
+from controller.rollouts.states import RolloutDeviceState
 from controller.store.rollouts import (
     ACTIVE_STATES,
     RolloutDeviceRecord,
@@ -23,7 +24,8 @@ from controller.store.rollouts import (
 from controller.store.schema import rollout_devices, rollout_events, rollouts
 
 _JSON_ROLLOUT = ("selector", "wave_sizes", "gates", "gate_results")
-_CHANGES_THE_DEVICE = ("pending", "assigned", "active")  # held by an active rollout
+# held by an active rollout
+_CHANGES_THE_DEVICE = (RolloutDeviceState.PENDING, RolloutDeviceState.ASSIGNED, RolloutDeviceState.ACTIVE)
 
 
 def _rollout(row: Row[Any]) -> RolloutRecord:
@@ -122,7 +124,8 @@ class SqlRolloutsMixin:
     def count_in_flight(self) -> int:
         stmt = (select(func.count()).select_from(rollout_devices.join(
             rollouts, rollouts.c.id == rollout_devices.c.rollout_id))
-            .where(rollouts.c.state.in_(ACTIVE_STATES), rollout_devices.c.status == "assigned"))
+            .where(rollouts.c.state.in_(ACTIVE_STATES),
+                   rollout_devices.c.status == RolloutDeviceState.ASSIGNED))
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -160,8 +163,9 @@ class SqlRolloutsMixin:
 
         done = conn.execute(update(rollout_devices).where(
             rollout_devices.c.rollout_id == rollout_id, rollout_devices.c.device_id == device_id,
-            rollout_devices.c.status == "pending").values(
-                status="assigned", release=release, assigned_at_ms=now_ms, updated_at_ms=now_ms))
+            rollout_devices.c.status == RolloutDeviceState.PENDING).values(
+                status=RolloutDeviceState.ASSIGNED, release=release, assigned_at_ms=now_ms,
+                updated_at_ms=now_ms))
         if done.rowcount != 1:
             raise Conflict(f"device {device_id} is not pending in rollout {rollout_id}; it was "
                            "assigned already (or left the rollout)")
