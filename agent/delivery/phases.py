@@ -8,6 +8,7 @@ file and shown in JSON output; on the wire they travel as the proto enum
 from __future__ import annotations
 
 import enum
+from typing import cast
 
 from protos import delivery_pb2
 
@@ -44,11 +45,12 @@ class UnknownPhase(ValueError):
         super().__init__(f"deployment_phase: {what}; expected one of {', '.join(REPORTED)}")
 
 
-def to_proto(phase: str) -> int:
+def to_proto(phase: str) -> delivery_pb2.DeploymentPhase:
     """The wire number of a phase; "" (no report yet) and UNKNOWN are UNSPECIFIED (0)."""
     if not phase or phase == DeploymentPhase.UNKNOWN:
         return delivery_pb2.DEPLOYMENT_PHASE_UNSPECIFIED
-    return delivery_pb2.DeploymentPhase.Value(_PREFIX + DeploymentPhase(phase).name)
+    return cast(delivery_pb2.DeploymentPhase,
+                delivery_pb2.DeploymentPhase.Value(_PREFIX + DeploymentPhase(phase).name))
 
 
 def from_proto(number: int) -> DeploymentPhase:

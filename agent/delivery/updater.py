@@ -104,7 +104,7 @@ class Updater:
         self._fetcher = Fetcher(channel_factory, self.cache, max_bytes_per_s=max_bytes_per_s)
         self._state_path = data_dir / STATE_FILE
         self._profile = self._read_profile()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[str] | None = None
         self._working_on = 0  # the release the running task handles
         self.last: delivery_pb2.DeploymentStatus | None = None
         self.history: collections.deque[delivery_pb2.DeploymentStatus] = collections.deque(maxlen=100)

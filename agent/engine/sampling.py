@@ -51,7 +51,7 @@ class SamplingParams:
         the prompt leaves room in the context and that ``max_tokens`` fits after it. With
         ``context_length=None`` (the model is not known yet) only types and ranges are checked."""
         room = None if context_length is None else context_length - prompt_tokens
-        if room is not None and prompt_tokens and room < 1:
+        if context_length is not None and room is not None and prompt_tokens and room < 1:
             raise ParamError("prompt", f"the prompt is {prompt_tokens} tokens, this model's context "
                              f"is {context_length}; shorten the prompt to at most "
                              f"{context_length - 1} tokens")

@@ -13,7 +13,7 @@ from controller.jobs.states import JobState
 from controller.pipeline.rich_events import RichEvents
 from protos import pipeline_pb2
 
-STATUS_TEXT = {
+STATUS_TEXT: dict[str, str] = {
     JobState.QUEUED: "queued",
     JobState.RUNNING: "running",
     JobState.SUCCEEDED: "[green]succeeded[/green]",

@@ -61,11 +61,13 @@ def build_gate(variant: VariantRecord, profile: DeviceProfile) -> Gate:
     """The on-device gate: the golden prompts the build recorded, passed with at least the
     build's accuracy minus the larger of the allowed drop and one prompt; the speed and memory
     limits the variant was gated with at build time (the profile's, unless overridden then)."""
-    applied = variant.build.get("gates") if isinstance(variant.build.get("gates"), Mapping) else {}
+    found = variant.build.get("gates")
+    applied: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     max_drop = _number(applied.get("max_accuracy_drop"), profile.gates.max_accuracy_drop)
-    golden_data = variant.metrics.get("golden")
-    golden_data = golden_data if isinstance(golden_data, Mapping) else {}
-    rows = golden_data.get("rows") if isinstance(golden_data.get("rows"), list) else []
+    found = variant.metrics.get("golden")
+    golden_data: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    found = golden_data.get("rows")
+    rows: list[Any] = found if isinstance(found, list) else []
     golden = tuple((r["prompt"], r["answer"]) for r in rows[:MAX_GOLDEN] if isinstance(r, Mapping)
                    and isinstance(r.get("prompt"), str) and isinstance(r.get("answer"), str))
     min_accuracy = 0.0

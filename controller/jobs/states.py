@@ -7,6 +7,7 @@ they travel as the proto enum ``slmops.v1.JobState`` (``JOB_STATE_<NAME>``), con
 from __future__ import annotations
 
 import enum
+from typing import cast
 
 from protos import pipeline_pb2
 
@@ -24,8 +25,8 @@ class JobState(enum.StrEnum):
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
-def to_proto(state: str) -> int:
-    return pipeline_pb2.JobState.Value(_PREFIX + JobState(state).name)
+def to_proto(state: str) -> pipeline_pb2.JobState:
+    return cast(pipeline_pb2.JobState, pipeline_pb2.JobState.Value(_PREFIX + JobState(state).name))
 
 
 def from_proto(number: int) -> JobState:

@@ -6,6 +6,7 @@ finished job never changes again (every update is guarded by the status it expec
 
 from __future__ import annotations
 
+import builtins  # JobStore.list shadows the builtin in annotations of its class
 import json
 import re
 import secrets
@@ -124,7 +125,7 @@ class JobStore:
             raise NotFound(f"no job {job_id}; see `slmops jobs list`")
         return _job(row)
 
-    def list(self, statuses: Sequence[str] = (), limit: int = 100) -> list[JobRecord]:
+    def list(self, statuses: Sequence[str] = (), limit: int = 100) -> builtins.list[JobRecord]:
         """Newest first."""
         stmt = select(jobs).order_by(jobs.c.created_at_ms.desc(), jobs.c.id.desc()).limit(limit)
         if statuses:
@@ -132,7 +133,7 @@ class JobStore:
         with self._db.read() as conn:
             return [_job(r) for r in conn.execute(stmt)]
 
-    def queued(self) -> list[JobRecord]:
+    def queued(self) -> builtins.list[JobRecord]:
         """Oldest first: the order they run in."""
         with self._db.read() as conn:
             return [_job(r) for r in conn.execute(select(jobs).where(jobs.c.status == JobState.QUEUED)
@@ -167,7 +168,7 @@ class JobStore:
         """running -> queued: its worker stopped with the controller; it resumes later."""
         return self._transition(job_id, (JobState.RUNNING,), status=JobState.QUEUED)
 
-    def requeue_interrupted(self) -> list[JobRecord]:
+    def requeue_interrupted(self) -> builtins.list[JobRecord]:
         """Every job a controller left running (it died or stopped): back in the queue."""
         requeued = (self.requeue(job.id) for job in self.list((JobState.RUNNING,), limit=10_000))
         return [job for job in requeued if job is not None]

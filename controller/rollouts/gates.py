@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller.store import FleetStore
@@ -84,7 +84,7 @@ def judge(gates: Mapping[str, float], device_id: str, device_name: str,
     return results
 
 
-def summary(failed: list[Mapping[str, Any]]) -> str:
+def summary(failed: Sequence[Mapping[str, Any]]) -> str:
     """'max_p95_ms on edge-1 (412.0 > 200.0), edge-2 (...)' per failed gate."""
     by_gate: dict[str, list[str]] = {}
     for r in failed:

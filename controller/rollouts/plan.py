@@ -98,8 +98,9 @@ class RolloutSpec:
                 raise Invalid(f"gates: {name!r} is not one of {', '.join(GATE_NAMES)}")
             if not math.isfinite(limit) or limit < 0:
                 raise Invalid(f"gates.{name}: {limit} is not a finite, non-negative number")
-        if (self.gates or {}).get("min_device_accuracy", 0) > 1:
-            raise Invalid(f"gates.min_device_accuracy: {self.gates['min_device_accuracy']} is over 1 "
+        min_accuracy = (self.gates or {}).get("min_device_accuracy", 0)
+        if min_accuracy > 1:
+            raise Invalid(f"gates.min_device_accuracy: {min_accuracy} is over 1 "
                           "(it is a share, 0..1)")
         if not 1000 <= self.offline_timeout_ms <= MAX_BAKE_MS:
             raise Invalid(f"offline_timeout_ms: {self.offline_timeout_ms} is out of range; allowed "

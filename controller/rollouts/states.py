@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import TypeVar, cast
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from protos import rollout_pb2
+
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 class RolloutState(enum.StrEnum):
@@ -113,36 +118,38 @@ def sources(event: RolloutEvent) -> tuple[RolloutState, ...]:
     return tuple(s for (s, e) in TRANSITIONS if e is event)
 
 
-def _to(enum_type: type, prefix: str, value: str) -> int:
-    return enum_type.Value(prefix + value.upper())  # type: ignore[attr-defined, no-any-return] - protobuf's enum wrapper
+def _to(wrapper: EnumTypeWrapper, prefix: str, value: enum.StrEnum) -> int:
+    return wrapper.Value(prefix + value.name)
 
 
-def _from(enum_type: type, prefix: str, cls: type[enum.StrEnum], number: int) -> enum.StrEnum:
+def _from(wrapper: EnumTypeWrapper, prefix: str, cls: type[_E], number: int) -> _E:
     try:
-        return cls[enum_type.Name(number)[len(prefix):]]  # type: ignore[attr-defined] - protobuf's enum wrapper
+        return cls[wrapper.Name(number)[len(prefix):]]
     except (ValueError, KeyError):
         raise ValueError(f"{cls.__name__} {number} is not one of {', '.join(cls)}") from None
 
 
-def rollout_state_to_proto(state: str) -> int:
-    return _to(rollout_pb2.RolloutState, "ROLLOUT_STATE_", RolloutState(state).value)
+def rollout_state_to_proto(state: str) -> rollout_pb2.RolloutState:
+    return cast(rollout_pb2.RolloutState,
+                _to(rollout_pb2.RolloutState, "ROLLOUT_STATE_", RolloutState(state)))
 
 
 def rollout_state_from_proto(number: int) -> RolloutState:
-    return _from(rollout_pb2.RolloutState, "ROLLOUT_STATE_", RolloutState, number)  # type: ignore[return-value] - cls is RolloutState
+    return _from(rollout_pb2.RolloutState, "ROLLOUT_STATE_", RolloutState, number)
 
 
-def device_state_to_proto(state: str) -> int:
-    return _to(rollout_pb2.RolloutDeviceState, "ROLLOUT_DEVICE_STATE_", RolloutDeviceState(state).value)
+def device_state_to_proto(state: str) -> rollout_pb2.RolloutDeviceState:
+    return cast(rollout_pb2.RolloutDeviceState,
+                _to(rollout_pb2.RolloutDeviceState, "ROLLOUT_DEVICE_STATE_", RolloutDeviceState(state)))
 
 
 def device_state_from_proto(number: int) -> RolloutDeviceState:
-    return _from(rollout_pb2.RolloutDeviceState, "ROLLOUT_DEVICE_STATE_", RolloutDeviceState, number)  # type: ignore[return-value] - cls is RolloutDeviceState
+    return _from(rollout_pb2.RolloutDeviceState, "ROLLOUT_DEVICE_STATE_", RolloutDeviceState, number)
 
 
-def wave_state_to_proto(state: str) -> int:
-    return _to(rollout_pb2.WaveState, "WAVE_STATE_", WaveState(state).value)
+def wave_state_to_proto(state: str) -> rollout_pb2.WaveState:
+    return cast(rollout_pb2.WaveState, _to(rollout_pb2.WaveState, "WAVE_STATE_", WaveState(state)))
 
 
 def wave_state_from_proto(number: int) -> WaveState:
-    return _from(rollout_pb2.WaveState, "WAVE_STATE_", WaveState, number)  # type: ignore[return-value] - cls is WaveState
+    return _from(rollout_pb2.WaveState, "WAVE_STATE_", WaveState, number)

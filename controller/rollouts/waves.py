@@ -163,12 +163,12 @@ class WaveStepper:
         failed = [d for d in so_far if d.status == RolloutDeviceState.FAILED]
         allowed = allowed_failures(rollout.max_failure, len(so_far))
         if len(failed) > allowed:
-            results = [{"gate": "max_failure", "device_id": d.device_id, "device_name": d.device_name,
-                        "value": None, "limit": None, "passed": False, "detail": d.reason}
-                       for d in failed]
+            failures: list[dict[str, Any]] = [
+                {"gate": "max_failure", "device_id": d.device_id, "device_name": d.device_name,
+                 "value": None, "limit": None, "passed": False, "detail": d.reason} for d in failed]
             why = "; ".join(f"{d.device_name}: {d.reason}" for d in failed)
             self._halt(rollout, f"wave {wave + 1}: {len(failed)} of {len(so_far)} devices failed, "
-                       f"more than max_failure {rollout.max_failure} ({why})", results, now, pushes)
+                       f"more than max_failure {rollout.max_failure} ({why})", failures, now, pushes)
             return
         if not rollout.bake_started_ms:
             self._store.update_rollout(rollout.id, [RolloutState.RUNNING], bake_started_ms=now,

@@ -45,6 +45,9 @@ from controller.store import DeviceRecord, FleetStore, NotFound, TokenRecord
 from controller.telemetry.aggregate import AGGREGATIONS, bucketize
 from protos import admin_pb2, admin_pb2_grpc
 
+# Each RPC types its request and response itself.
+Context = grpc.aio.ServicerContext[Any, Any]
+
 MAX_TTL_MS = 366 * 24 * 3600 * 1000
 MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 MAX_BUCKETS = 10_000
@@ -79,10 +82,10 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         self._delivery = releases  # None: this controller does not deliver models
         self._rollouts = rollouts  # None: nor run rollouts
 
-    def _device(self, device):  # type: ignore[no-untyped-def]
+    def _device(self, device: DeviceRecord) -> admin_pb2.Device:
         return device_to_proto(device, self._hub, self._offline_after_ms)
 
-    async def _find(self, id_or_name: str):  # type: ignore[no-untyped-def]
+    async def _find(self, id_or_name: str) -> DeviceRecord:
         validation.text("id", id_or_name, 64)
         device = await asyncio.to_thread(self._store.find_device, id_or_name)
         if device is None:
@@ -91,7 +94,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
 
     # tokens
     @maps_errors
-    async def CreateToken(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateToken(self, request: admin_pb2.CreateTokenRequest,
+                          context: Context) -> admin_pb2.CreateTokenResponse:
         await require_admin(context)
         labels = validation.labels("labels", request.labels)
         validation.int_range("ttl_ms", request.ttl_ms, 60_000, MAX_TTL_MS, " ms")
@@ -110,13 +114,15 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         )
 
     @maps_errors
-    async def ListTokens(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListTokens(self, request: admin_pb2.ListTokensRequest,
+                         context: Context) -> admin_pb2.ListTokensResponse:
         await require_admin(context)
         tokens = await asyncio.to_thread(self._store.list_tokens)
         return admin_pb2.ListTokensResponse(tokens=[token_to_proto(t) for t in tokens])
 
     @maps_errors
-    async def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
+    async def RevokeToken(self, request: admin_pb2.RevokeTokenRequest,
+                          context: Context) -> admin_pb2.RevokeTokenResponse:
         await require_admin(context)
         validation.token_id("id", request.id)
         token = await self._ingest.run_in_writer(self._store.revoke_token, request.id)
@@ -124,7 +130,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
 
     # devices
     @maps_errors
-    async def ListDevices(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListDevices(self, request: admin_pb2.ListDevicesRequest,
+                          context: Context) -> admin_pb2.ListDevicesResponse:
         await require_admin(context)
         selector = validation.labels("selector", request.selector)
         devices = await asyncio.to_thread(
@@ -133,12 +140,14 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         return admin_pb2.ListDevicesResponse(devices=[self._device(d) for d in devices])
 
     @maps_errors
-    async def GetDevice(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDevice(self, request: admin_pb2.GetDeviceRequest,
+                        context: Context) -> admin_pb2.GetDeviceResponse:
         await require_admin(context)
         return admin_pb2.GetDeviceResponse(device=self._device(await self._find(request.id)))
 
     @maps_errors
-    async def UpdateDeviceLabels(self, request, context):  # type: ignore[no-untyped-def]
+    async def UpdateDeviceLabels(self, request: admin_pb2.UpdateDeviceLabelsRequest,
+                                 context: Context) -> admin_pb2.UpdateDeviceLabelsResponse:
         await require_admin(context)
         set_labels = validation.labels("set", request.set)
         remove = validation.label_keys("remove", request.remove)
@@ -152,7 +161,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         return admin_pb2.UpdateDeviceLabelsResponse(device=self._device(device))
 
     @maps_errors
-    async def RemoveDevice(self, request, context):  # type: ignore[no-untyped-def]
+    async def RemoveDevice(self, request: admin_pb2.RemoveDeviceRequest,
+                           context: Context) -> admin_pb2.RemoveDeviceResponse:
         await require_admin(context)
         device = await self._find(request.id)
         device = await self._ingest.run_in_writer(self._store.remove_device, device.id, now_ms())
@@ -162,14 +172,16 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
 
     # telemetry
     @maps_errors
-    async def ListMetrics(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListMetrics(self, request: admin_pb2.ListMetricsRequest,
+                          context: Context) -> admin_pb2.ListMetricsResponse:
         await require_admin(context)
         return admin_pb2.ListMetricsResponse(metrics=[
             admin_pb2.MetricInfo(name=m.name, unit=m.unit, help=m.help) for m in METRICS.values()
         ])
 
     @maps_errors
-    async def QueryTelemetry(self, request, context):  # type: ignore[no-untyped-def]
+    async def QueryTelemetry(self, request: admin_pb2.QueryTelemetryRequest,
+                             context: Context) -> admin_pb2.QueryTelemetryResponse:
         await require_admin(context)
         if request.metric not in METRICS:
             raise validation.Invalid(
@@ -231,7 +243,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         return device
 
     @maps_delivery_errors
-    async def AssignModel(self, request, context):  # type: ignore[no-untyped-def]
+    async def AssignModel(self, request: admin_pb2.AssignModelRequest,
+                          context: Context) -> admin_pb2.AssignModelResponse:
         await require_admin(context)
         ref = _model_ref(request.model)
         device = await self._find(request.id)
@@ -245,7 +258,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         return admin_pb2.AssignModelResponse(device=self._device(device), release=release.release)
 
     @maps_delivery_errors
-    async def RollbackDevice(self, request, context):  # type: ignore[no-untyped-def]
+    async def RollbackDevice(self, request: admin_pb2.RollbackDeviceRequest,
+                             context: Context) -> admin_pb2.RollbackDeviceResponse:
         await require_admin(context)
         device = await self._find(request.id)
         release = await asyncio.to_thread(self._releases().rollback, device, now_ms())
@@ -253,7 +267,8 @@ class AdminServicer(DeviceOpsMixin, RolloutOpsMixin, admin_pb2_grpc.AdminService
         return admin_pb2.RollbackDeviceResponse(device=self._device(device), release=release.release)
 
     @maps_delivery_stream_errors
-    async def ExportBundle(self, request, context) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
+    async def ExportBundle(self, request: admin_pb2.ExportBundleRequest,
+                           context: Context) -> AsyncIterator[admin_pb2.BundleChunk]:
         await require_admin(context)
         ref = _model_ref(request.model)
         validation.text("profile", request.profile, 64)

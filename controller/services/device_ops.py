@@ -80,7 +80,7 @@ class DeviceOpsMixin:
 
     @maps_errors
     async def DeviceBench(self, request: admin_pb2.DeviceBenchRequest,
-                          context: grpc.aio.ServicerContext) -> admin_pb2.DeviceBenchResponse:
+                          context: grpc.aio.ServicerContext[Any, Any]) -> admin_pb2.DeviceBenchResponse:
         await require_admin(context)
         timeout_ms = request.timeout_ms or DEFAULT_BENCH_TIMEOUT_MS
         validation.int_range("timeout_ms", timeout_ms, 1000, MAX_BENCH_TIMEOUT_MS, " ms")
@@ -120,7 +120,7 @@ class DeviceOpsMixin:
 
     @maps_errors
     async def ListBenchmarks(self, request: admin_pb2.ListBenchmarksRequest,
-                             context: grpc.aio.ServicerContext) -> admin_pb2.ListBenchmarksResponse:
+                             context: grpc.aio.ServicerContext[Any, Any]) -> admin_pb2.ListBenchmarksResponse:
         await require_admin(context)
         limit = validation.int_range("limit", request.limit or DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
         name, version = parse_model_ref("model", request.model) if request.model else ("", "")
@@ -133,7 +133,7 @@ class DeviceOpsMixin:
 
     @maps_errors
     async def SetDeviceProfile(self, request: admin_pb2.SetDeviceProfileRequest,
-                               context: grpc.aio.ServicerContext
+                               context: grpc.aio.ServicerContext[Any, Any]
                                ) -> admin_pb2.SetDeviceProfileResponse:
         await require_admin(context)
         if request.profile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -148,7 +149,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
 
     async def Connect(
         self, request_iterator: AsyncIterator[fleet_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[fleet_pb2.ConnectResponse]:
         device = await require_device(context, self._store)
         try:
@@ -233,10 +234,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                         spool_dropped_total=request.heartbeat.spool_dropped_total,
                     ))
                 elif kind == "command_result":
-                    result = request.command_result
-                    log.info("device %s: command %s ok=%s %s", session.device_id, result.id,
-                             result.ok, result.error)
-                    self._hub.command_done(session.device_id, result)
+                    answer = request.command_result
+                    log.info("device %s: command %s ok=%s %s", session.device_id, answer.id,
+                             answer.ok, answer.error)
+                    self._hub.command_done(session.device_id, answer)
                 elif kind == "benchmark":
                     record = benchmark_to_record(session.device_id, request.benchmark, now_ms())
                     # Stored before the next message is read, so before the command's result.

@@ -34,6 +34,9 @@ from controller.services.common import (
 from controller.store import StoreError
 from protos import pipeline_pb2, pipeline_pb2_grpc
 
+# Each RPC types its request and response itself.
+Context = grpc.aio.ServicerContext[Any, Any]
+
 MAX_RECIPE_BYTES = 1024 * 1024
 MAX_LIST = 1000
 EVAL_DATA_KEY = "eval-data.jsonl"  # the uploaded file's name inside an eval job's recipe
@@ -130,7 +133,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
     # jobs
     @_maps_errors
-    async def SubmitJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def SubmitJob(self, request_iterator: AsyncIterator[pipeline_pb2.SubmitJobRequest],
+                        context: Context) -> pipeline_pb2.SubmitJobResponse:
         await require_admin(context)
         spec = await _first(request_iterator, "job")
         size = len(spec.recipe_yaml.encode("utf-8"))
@@ -155,7 +159,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return pipeline_pb2.SubmitJobResponse(job=job_to_proto(job))
 
     @_maps_errors
-    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListJobs(self, request: pipeline_pb2.ListJobsRequest,
+                       context: Context) -> pipeline_pb2.ListJobsResponse:
         await require_admin(context)
         try:
             states = [job_states.from_proto(s) for s in request.states]
@@ -166,19 +171,22 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return pipeline_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
 
     @_maps_errors
-    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetJob(self, request: pipeline_pb2.GetJobRequest,
+                     context: Context) -> pipeline_pb2.GetJobResponse:
         await require_admin(context)
         job = await asyncio.to_thread(self._manager.store.get, check_job_id("id", request.id))
         return pipeline_pb2.GetJobResponse(job=job_to_proto(job))
 
     @_maps_errors
-    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def CancelJob(self, request: pipeline_pb2.CancelJobRequest,
+                        context: Context) -> pipeline_pb2.CancelJobResponse:
         await require_admin(context)
         job = await self._manager.cancel(check_job_id("id", request.id))
         return pipeline_pb2.CancelJobResponse(job=job_to_proto(job))
 
     @_maps_stream_errors
-    async def WatchJob(self, request, context):  # type: ignore[no-untyped-def]
+    async def WatchJob(self, request: pipeline_pb2.WatchJobRequest,
+                       context: Context) -> AsyncIterator[pipeline_pb2.WatchJobResponse]:
         await require_admin(context)
         job_id = check_job_id("id", request.id)
         if request.from_seq < 0:
@@ -190,13 +198,15 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
     # models
     @_maps_errors
-    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListModels(self, request: pipeline_pb2.ListModelsRequest,
+                         context: Context) -> pipeline_pb2.ListModelsResponse:
         await require_admin(context)
         records = await asyncio.to_thread(self._registry.list, request.name or None)
         return pipeline_pb2.ListModelsResponse(models=[model_to_proto(m) for m in records])
 
     @_maps_errors
-    async def GetModel(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetModel(self, request: pipeline_pb2.GetModelRequest,
+                       context: Context) -> pipeline_pb2.GetModelResponse:
         await require_admin(context)
         record = await asyncio.to_thread(self._registry.get, request.ref)
         evaluations = await asyncio.to_thread(self._registry.evaluations, record.ref)
@@ -204,7 +214,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return pipeline_pb2.GetModelResponse(model=model_to_proto(record, evaluations, variants))
 
     @_maps_errors
-    async def EvaluateModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def EvaluateModel(self, request_iterator: AsyncIterator[pipeline_pb2.EvaluateModelRequest],
+                            context: Context) -> pipeline_pb2.EvaluateModelResponse:
         await require_admin(context)
         spec = await _first(request_iterator, "evaluation")
         if not spec.ref:
@@ -231,12 +242,14 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
     # device variants
     @_maps_errors
-    async def ListProfiles(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListProfiles(self, request: pipeline_pb2.ListProfilesRequest,
+                           context: Context) -> pipeline_pb2.ListProfilesResponse:
         await require_admin(context)
         return pipeline_pb2.ListProfilesResponse(profiles=[profile_to_proto(p) for p in self._profiles])
 
     @_maps_errors
-    async def VerifyModels(self, request, context):  # type: ignore[no-untyped-def]
+    async def VerifyModels(self, request: pipeline_pb2.VerifyModelsRequest,
+                           context: Context) -> pipeline_pb2.VerifyModelsResponse:
         await require_admin(context)
         if self._blobs is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller delivers no models")
@@ -246,7 +259,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             damaged=[pipeline_pb2.DamagedFile(**p) for p in report["problems"]])
 
     @_maps_errors
-    async def BuildModel(self, request_iterator, context):  # type: ignore[no-untyped-def]
+    async def BuildModel(self, request_iterator: AsyncIterator[pipeline_pb2.BuildModelRequest],
+                         context: Context) -> pipeline_pb2.BuildModelResponse:
         from controller.pipeline.steps.build import build_recipe_text
 
         await require_admin(context)

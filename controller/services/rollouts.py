@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from agent.delivery.phases import to_proto as phase_to_proto
 from controller import validation
+from controller.hub import Hub
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.plan import RolloutSpec
 from controller.rollouts.states import (
@@ -28,8 +31,11 @@ from controller.rollouts.states import (
 )
 from controller.services.common import maps_errors_with, peer_cert, require_admin, status_for
 from controller.store import Conflict, FleetStore
-from controller.store.rollouts import GATE_NAMES, RolloutDeviceRecord, RolloutRecord
+from controller.store.rollouts import GATE_NAMES, RolloutDeviceRecord, RolloutEventRecord, RolloutRecord
 from protos import rollout_pb2
+
+# Each RPC types its request and response itself.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 DEFAULT_OFFLINE_TIMEOUT_MS = 300_000
 
@@ -76,8 +82,8 @@ def _wave_state(rollout: RolloutRecord, index: int, unsettled: int) -> WaveState
 
 
 def rollout_to_proto(r: RolloutRecord, devices: list[RolloutDeviceRecord] | None = None,
-                     events: list | None = None, store: FleetStore | None = None,
-                     online=None) -> rollout_pb2.Rollout:  # type: ignore[no-untyped-def]
+                     events: list[RolloutEventRecord] | None = None, store: FleetStore | None = None,
+                     online: Callable[[str], bool] | None = None) -> rollout_pb2.Rollout:
     out = rollout_pb2.Rollout(
         id=r.id, model=r.model, selector=dict(r.selector), waves_spec=r.waves_spec,
         bake_ms=r.bake_ms, max_failure=r.max_failure, gates=rollout_pb2.RolloutGates(**r.gates),
@@ -119,7 +125,7 @@ def rollout_to_proto(r: RolloutRecord, devices: list[RolloutDeviceRecord] | None
 class RolloutOpsMixin:
     _store: FleetStore
     _rollouts: RolloutEngine | None
-    _hub: object
+    _hub: Hub
 
     def _engine(self) -> RolloutEngine:
         if self._rollouts is None:
@@ -136,16 +142,17 @@ class RolloutOpsMixin:
                 raise NotFound(f"no rollout {rollout_id}; see `slmops rollout list`")
             return rollout_to_proto(record, self._store.rollout_devices(rollout_id),
                                     self._store.rollout_events(rollout_id), self._store,
-                                    self._hub.is_connected)  # type: ignore[attr-defined]
+                                    self._hub.is_connected)
         return await asyncio.to_thread(load)
 
     @staticmethod
-    def _actor(context) -> str:  # type: ignore[no-untyped-def]
+    def _actor(context: Context) -> str:
         cert = peer_cert(context)
         return cert.common_name if cert is not None else "unknown"
 
     @maps_rollout_errors
-    async def CreateRollout(self, request, context):  # type: ignore[no-untyped-def]
+    async def CreateRollout(self, request: rollout_pb2.CreateRolloutRequest,
+                            context: Context) -> rollout_pb2.CreateRolloutResponse:
         await require_admin(context)
         if not request.model:
             raise validation.Invalid("model: give the model as NAME:VERSION; see `slmops models list`")
@@ -163,12 +170,14 @@ class RolloutOpsMixin:
         return rollout_pb2.CreateRolloutResponse(rollout=await self._full(rollout.id))
 
     @maps_rollout_errors
-    async def GetRollout(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetRollout(self, request: rollout_pb2.GetRolloutRequest,
+                         context: Context) -> rollout_pb2.GetRolloutResponse:
         await require_admin(context)
         return rollout_pb2.GetRolloutResponse(rollout=await self._full(_rollout_id(request.id)))
 
     @maps_rollout_errors
-    async def ListRollouts(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListRollouts(self, request: rollout_pb2.ListRolloutsRequest,
+                           context: Context) -> rollout_pb2.ListRolloutsResponse:
         await require_admin(context)
         try:
             states = [rollout_state_from_proto(s) for s in request.rollout_states]
@@ -177,7 +186,8 @@ class RolloutOpsMixin:
         records = await asyncio.to_thread(self._store.list_rollouts, states)
         return rollout_pb2.ListRolloutsResponse(rollouts=[rollout_to_proto(r) for r in records])
 
-    async def _act(self, request, context, what: RolloutEvent):  # type: ignore[no-untyped-def]
+    async def _act(self, request: rollout_pb2.RolloutActionRequest, context: Context,
+                   what: RolloutEvent) -> rollout_pb2.RolloutActionResponse:
         await require_admin(context)
         rollout_id, actor = _rollout_id(request.id), self._actor(context)
         if what == RolloutEvent.ROLL_BACK:
@@ -187,18 +197,22 @@ class RolloutOpsMixin:
         return rollout_pb2.RolloutActionResponse(rollout=await self._full(rollout_id))
 
     @maps_rollout_errors
-    async def PauseRollout(self, request, context):  # type: ignore[no-untyped-def]
+    async def PauseRollout(self, request: rollout_pb2.RolloutActionRequest,
+                           context: Context) -> rollout_pb2.RolloutActionResponse:
         return await self._act(request, context, RolloutEvent.PAUSE)
 
     @maps_rollout_errors
-    async def ResumeRollout(self, request, context):  # type: ignore[no-untyped-def]
+    async def ResumeRollout(self, request: rollout_pb2.RolloutActionRequest,
+                            context: Context) -> rollout_pb2.RolloutActionResponse:
         return await self._act(request, context, RolloutEvent.RESUME)
 
     @maps_rollout_errors
-    async def AbortRollout(self, request, context):  # type: ignore[no-untyped-def]
+    async def AbortRollout(self, request: rollout_pb2.RolloutActionRequest,
+                           context: Context) -> rollout_pb2.RolloutActionResponse:
         return await self._act(request, context, RolloutEvent.ABORT)
 
     @maps_rollout_errors
-    async def RollbackRollout(self, request, context):  # type: ignore[no-untyped-def]
+    async def RollbackRollout(self, request: rollout_pb2.RolloutActionRequest,
+                              context: Context) -> rollout_pb2.RolloutActionResponse:
         return await self._act(request, context, RolloutEvent.ROLL_BACK)
 

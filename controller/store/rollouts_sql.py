@@ -65,7 +65,7 @@ class SqlRolloutsMixin:
     _read: Any
 
     def _rollout_write(self) -> AbstractContextManager[Connection]:
-        return self._write()  # type: ignore[no-any-return]
+        return self._write()  # type: ignore[no-any-return]  # _write is the mixing class's, typed there
 
     def create_rollout(self, rollout: RolloutRecord, devices: Sequence[RolloutDeviceRecord],
                        event: RolloutEventRecord) -> RolloutRecord:

@@ -254,8 +254,9 @@ class SqlFleetStore(SqlRolloutsMixin, FleetStore):
 
     def _insert(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING in this database's dialect."""
-        dialect = postgresql if self._dialect == "postgresql" else sqlite
-        return dialect.insert(table).on_conflict_do_nothing()
+        if self._dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
 
     # tokens
     def create_token(self, token: TokenRecord) -> None:
@@ -536,7 +537,10 @@ class SqlFleetStore(SqlRolloutsMixin, FleetStore):
             if conn.execute(select(devices.c.id).where(devices.c.id == record.device_id)).first() \
                     is None:
                 raise NotFound(f"device {record.device_id} not found; see `slmops devices list`")
-            new_id = conn.execute(insert(benchmarks).values(values)).inserted_primary_key[0]
+            key = conn.execute(insert(benchmarks).values(values)).inserted_primary_key
+            if key is None:
+                raise RuntimeError("the database returned no id for the new benchmark row")
+            new_id = key[0]
         return replace(record, id=int(new_id))
 
     def list_benchmarks(
