@@ -330,11 +330,12 @@ def _install_bundle_locked(bundle: Path, data_dir: Path, identity: Identity, as_
         _fail(f"{bundle}: {e}", EXIT_REFUSED, as_json)
         return
     except OSError as e:
+        problem: Exception = e
         if e.errno in NO_SPACE:
-            e = shortage(data_dir, bundle.stat().st_size, what=f"to install {bundle.name}",
-                         reserve_bytes=0, then=f"free some space on {data_dir}'s disk and run "
-                                               f"install-bundle again (the disk said: {e})")
-        _fail(f"{bundle}: {e}", EXIT_REFUSED, as_json)
+            problem = shortage(data_dir, bundle.stat().st_size, what=f"to install {bundle.name}",
+                               reserve_bytes=0, then=f"free some space on {data_dir}'s disk and run "
+                                                     f"install-bundle again (the disk said: {e})")
+        _fail(f"{bundle}: {problem}", EXIT_REFUSED, as_json)
         return
     last = statuses[-1] if statuses else None
     info = {"bundle": str(bundle), "phase": phase, "reason": last.reason if last else "",

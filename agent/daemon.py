@@ -106,9 +106,9 @@ def bench_options(args_json: str) -> BenchOptions:
     if not isinstance(args, dict):
         raise BenchError("args_json: must be a JSON object")
     for key, value in args.items():
-        low, high = BENCH_ARGS.get(key, (None, None))
-        if low is None:
+        if key not in BENCH_ARGS:
             raise BenchError(f"args_json: unknown argument {key!r}; known: {', '.join(BENCH_ARGS)}")
+        low, high = BENCH_ARGS[key]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise BenchError(f"args_json.{key}: {value!r} is out of range; allowed {low}..{high}")
     defaults = BenchOptions()
@@ -210,12 +210,13 @@ class Agent:
 
     async def ensure_serving(self) -> None:
         """Start the local HTTP and gRPC servers once there is a model to serve."""
-        if self.local is not None or self.slot.current is None or self.settings.serve_port is None:
+        s = self.settings
+        port = s.serve_port
+        if self.local is not None or self.slot.current is None or port is None:
             return
         from agent.serve.local import start_local_serving
 
-        s = self.settings
-        self.local = await start_local_serving(self.slot, s.serve_host, s.serve_port, s.grpc_listen,
+        self.local = await start_local_serving(self.slot, s.serve_host, port, s.grpc_listen,
                                                api_key=s.api_key or None)
         self.serve_metrics = self.local.http  # inference figures flow into the telemetry
         info = self.local.info()

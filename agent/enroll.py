@@ -58,10 +58,10 @@ def enroll(
         try:
             response = stub.Enroll(request, timeout=timeout_s, wait_for_ready=False)
         except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]
+            code = e.code()
             retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             raise EnrollmentError(
-                f"enrollment at {enroll_address} failed: {code.name}: {e.details()}",  # type: ignore[attr-defined]
+                f"enrollment at {enroll_address} failed: {code.name}: {e.details()}",
                 retryable=retryable,
             ) from None
     if not response_signed(parsed, request, response):

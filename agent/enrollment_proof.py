@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from google.protobuf.message import Message
 
 from protos import enrollment_pb2
 
@@ -91,11 +92,11 @@ def verifier_of(token_id: str, secret: str) -> bytes:
                                                  serialization.PublicFormat.Raw)
 
 
-def _body(message: object) -> bytes:
-    copy = type(message)()  # type: ignore[operator]  # a protobuf message of the same type
-    copy.CopyFrom(message)  # type: ignore[attr-defined]  # protobuf message API
-    copy.ClearField("proof")  # type: ignore[attr-defined]  # protobuf message API
-    return copy.SerializeToString(deterministic=True)  # type: ignore[attr-defined, no-any-return]  # protobuf
+def _body(message: Message) -> bytes:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    copy.ClearField("proof")
+    return copy.SerializeToString(deterministic=True)
 
 
 def request_digest(request: enrollment_pb2.EnrollRequest) -> bytes:

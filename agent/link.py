@@ -17,8 +17,9 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
@@ -42,6 +43,10 @@ MAX_OUTBOX = 100  # answers waiting for a stream; older ones are dropped beyond 
 
 # Runs one command; returns the messages that answer it (ending with its CommandResult).
 CommandHandler = Callable[[fleet_pb2.Command], Awaitable[list[fleet_pb2.ConnectRequest]]]
+# Sends one message up the stream (one writer at a time).
+Write = Callable[[fleet_pb2.ConnectRequest], Awaitable[None]]
+if TYPE_CHECKING:  # grpc's classes are not generic at run time, only in grpc-stubs
+    ConnectCall = grpc.aio.StreamStreamCall[fleet_pb2.ConnectRequest, fleet_pb2.ConnectResponse]
 
 
 def command_result(command_id: str, ok: bool, result_json: str = "", error: str = ""
@@ -143,7 +148,7 @@ class ControllerLink:
                 self.last_error = str(e) or type(e).__name__
             except DeviceRefused:
                 raise
-            except Exception as e:  # noqa: BLE001 - whatever a dying stream raises, reconnect
+            except Exception as e:  # whatever a dying stream raises (logged with its traceback): reconnect
                 # grpc.aio raises asyncio.InvalidStateError from call.write once the controller
                 # ended the call, an on_desired_state callback may hit a full disk (OSError):
                 # none of it is a reason for the device to stop serving or go offline for good.
@@ -158,8 +163,8 @@ class ControllerLink:
                         self._identity.controller, self.last_error, delay)
             await asyncio.sleep(delay)
 
-    async def _session(self, channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
-        call = fleet_pb2_grpc.FleetServiceStub(channel).Connect()
+    async def _session(self, channel: grpc.aio.Channel) -> AsyncIterator[fleet_pb2.Welcome]:
+        call: ConnectCall = fleet_pb2_grpc.FleetServiceStub(channel).Connect()
         write_lock = asyncio.Lock()
 
         async def write(message: fleet_pb2.ConnectRequest) -> None:
@@ -171,8 +176,8 @@ class ControllerLink:
             heartbeat_interval_ms=int(self._settings.heartbeat_interval_s * 1000),
             last_acked_seq=self._spool.last_acked_seq(),
         )))
-        first = await asyncio.wait_for(call.read(), self._settings.ack_timeout_s)
-        if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+        first = await asyncio.wait_for(self._receive(call), self._settings.ack_timeout_s)
+        if first.WhichOneof("body") != "welcome":
             await self._raise_for_status(call)
         welcome = first.welcome
         self._spool.ensure_seq_above(welcome.acked_through_seq)
@@ -198,18 +203,24 @@ class ControllerLink:
             await asyncio.gather(*tasks, return_exceptions=True)
             call.cancel()
 
-    async def _raise_for_status(self, call) -> None:  # type: ignore[no-untyped-def]
+    async def _receive(self, call: ConnectCall) -> fleet_pb2.ConnectResponse:
+        message = await call.read()
+        # Anything else is grpc.aio.EOF (grpc-stubs types it as a plain object): the stream ended.
+        if not isinstance(message, fleet_pb2.ConnectResponse):
+            await self._raise_for_status(call)
+        return message
+
+    async def _raise_for_status(self, call: ConnectCall) -> NoReturn:
         code = await call.code()
         details = await call.details()
         if code in REFUSED:
             raise DeviceRefused(details or code.name)
         raise StreamEnded(f"stream ended: {code.name}: {details}")
 
-    async def _read(self, call, acks, write) -> None:  # type: ignore[no-untyped-def]
+    async def _read(self, call: ConnectCall, acks: asyncio.Queue[fleet_pb2.TelemetryAck],
+                    write: Write) -> None:
         while True:
-            message = await call.read()
-            if message is grpc.aio.EOF:
-                await self._raise_for_status(call)
+            message = await self._receive(call)
             kind = message.WhichOneof("body")
             if kind == "telemetry_ack":
                 acks.put_nowait(message.telemetry_ack)
@@ -226,7 +237,7 @@ class ControllerLink:
             answers = await self._on_command(command)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a failed command is answered, the agent goes on
+        except Exception as e:  # a failed command is logged and answered, the agent goes on
             log.exception("command %s (%s) failed", command.id, command.kind)
             answers = [command_result(command.id, False, error=f"the agent failed: {e}")]
         for answer in answers:
@@ -235,7 +246,7 @@ class ControllerLink:
             self._outbox.append(answer)
         self._outbox_ready.set()
 
-    async def _send_outbox(self, write) -> None:  # type: ignore[no-untyped-def]
+    async def _send_outbox(self, write: Write) -> None:
         self._status_sent = self._status is None  # a new stream hears the latest status again
         while True:
             self._outbox_ready.clear()
@@ -250,7 +261,7 @@ class ControllerLink:
                 continue
             await self._outbox_ready.wait()
 
-    async def _heartbeats(self, write) -> None:  # type: ignore[no-untyped-def]
+    async def _heartbeats(self, write: Write) -> None:
         while True:
             await write(fleet_pb2.ConnectRequest(heartbeat=fleet_pb2.Heartbeat(
                 timestamp_ms=int(time.time() * 1000),
@@ -259,7 +270,7 @@ class ControllerLink:
             )))
             await asyncio.sleep(self._settings.heartbeat_interval_s)
 
-    async def _send_telemetry(self, write, acks) -> None:  # type: ignore[no-untyped-def]
+    async def _send_telemetry(self, write: Write, acks: asyncio.Queue[fleet_pb2.TelemetryAck]) -> None:
         batch_id = 0
         while True:
             samples = self._spool.pending(self._settings.batch_max_samples)

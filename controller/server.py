@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from controller.client_config import FILE_NAME, ClientConfig
+from controller.client_config import FILE_NAME, ClientConfig, ConfigError
 from controller.delivery.blobs import BlobStore
 from controller.delivery.integrity import log_damaged
 from controller.delivery.releases import Releases
@@ -161,7 +161,7 @@ class Controller:
             EnrollmentServicer(self.store, ca, signing_key, profiles), bootstrap)
         enroll_port = bind(bootstrap, "--enroll-listen", s.resolved_enroll_listen)
 
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks grpc_health's aio module
         for server in (main, bootstrap):
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -191,7 +191,7 @@ class Controller:
         try:
             old = ClientConfig.load(path)
             admin_cert, admin_key = old.admin_cert_pem, old.admin_key_pem
-        except Exception:  # noqa: BLE001 - no usable config yet: make a new admin credential
+        except ConfigError:  # no usable config yet: make a new admin credential
             issued = ca.issue("admin", ROLE_ADMIN)
             admin_cert, admin_key = issued.cert_pem, issued.key_pem
         ClientConfig(

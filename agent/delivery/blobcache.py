@@ -17,7 +17,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from agent.delivery.manifest import SHA256_RE, FileEntry
 from agent.files import fsync_dir
@@ -123,7 +123,7 @@ class BlobCache:
         fsync_dir(self.root)
         return final
 
-    def add_file(self, sha: str, size: int, source: BinaryIO) -> Path:
+    def add_file(self, sha: str, size: int, source: IO[bytes]) -> Path:
         """Copy at most ``size`` bytes of ``source`` in as blob ``sha`` (a bundle's member),
         checked like a download. A blob already complete is kept and ``source`` left unread."""
         if self.has(sha):

@@ -22,10 +22,13 @@ import json
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from agent.delivery.blobcache import BlobCache, BlobMismatch
 from agent.delivery.manifest import SHA256_RE, Manifest, verify
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -38,16 +41,21 @@ class BundleError(ValueError):
     """Not a bundle, or not a sound one; the message names the member and what is wrong."""
 
 
-class _Counting:
-    """What tarfile's stream mode needs of a file to write to (``write``), counting the bytes."""
+class _Counting(io.RawIOBase):
+    """A write-only file for tarfile's stream mode (which only writes), counting the bytes."""
 
     def __init__(self, out: BinaryIO) -> None:
+        super().__init__()
         self._out, self.count = out, 0
 
-    def write(self, data: bytes) -> int:
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
         self._out.write(data)
-        self.count += len(data)
-        return len(data)
+        size = memoryview(data).nbytes
+        self.count += size
+        return size
 
 
 def write_bundle(out: BinaryIO, manifest_json: bytes, signature: bytes,

@@ -35,5 +35,5 @@ class DeliveryChannel:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(grace=None)  # at once: grpc-stubs 1.53 omits the default
             self._channel = None

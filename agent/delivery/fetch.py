@@ -165,7 +165,7 @@ class Fetcher:
                     chunk = await asyncio.wait_for(call.read(), self._chunk_timeout)
                 except TimeoutError:
                     raise _Stalled(f"nothing received for {self._chunk_timeout:g} s") from None
-                if chunk is grpc.aio.EOF:
+                if chunk is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks grpc.aio.EOF
                     return  # ended short: BlobCache.finish reports the short file
                 if chunk.offset != offset:
                     raise _BadStream(f"blob {sha}: the controller sent a chunk at offset {chunk.offset} "

@@ -113,7 +113,7 @@ class Server:
                            code="invalid_api_key")
 
     @staticmethod
-    async def _json(request: web.Request) -> dict:
+    async def _json(request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -238,7 +238,7 @@ class Server:
                                     0.0 if first is None else end - first, cancelled=not finished)
 
     async def _stream_response(self, request: web.Request, req: GenerationRequest, stream: Stream,
-                               bridge: Bridge, head: dict, chat: bool) -> web.StreamResponse:
+                               bridge: Bridge, head: dict[str, Any], chat: bool) -> web.StreamResponse:
         chunks = Chunks(head, chat, req.include_usage)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -21,16 +21,16 @@ class GenerationRequest:
     params: SamplingParams
     stream: bool
     include_usage: bool
-    messages: list | None = None  # chat
+    messages: list[Any] | None = None  # chat: as sent; the engine checks each message
     prompt: str | None = None  # completions
 
 
-def _optional(body: dict, key: str, default: Any) -> Any:
+def _optional(body: dict[str, Any], key: str, default: Any) -> Any:
     value = body.get(key)
     return default if value is None else value
 
 
-def _refuse_unsupported(body: dict) -> None:
+def _refuse_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n not in (None, 1):
         raise ParamError("n", f"only n = 1 is supported, got {n!r}")
@@ -63,7 +63,7 @@ def _stop(value: Any) -> tuple[str, ...]:
     raise ParamError("stop", f"stop must be a string or a list of strings, got {type(value).__name__}")
 
 
-def _common(body: dict, max_tokens_key: str) -> tuple[str, SamplingParams, bool, bool]:
+def _common(body: dict[str, Any], max_tokens_key: str) -> tuple[str, SamplingParams, bool, bool]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ParamError("model", "model is required: the id of a model from /v1/models")
@@ -84,7 +84,7 @@ def _common(body: dict, max_tokens_key: str) -> tuple[str, SamplingParams, bool,
     return model, params, stream, include_usage
 
 
-def parse_chat(body: dict) -> GenerationRequest:
+def parse_chat(body: dict[str, Any]) -> GenerationRequest:
     model, params, stream, include_usage = _common(body, "max_completion_tokens")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -92,7 +92,7 @@ def parse_chat(body: dict) -> GenerationRequest:
     return GenerationRequest(model, params, stream, include_usage, messages=messages)
 
 
-def parse_completion(body: dict) -> GenerationRequest:
+def parse_completion(body: dict[str, Any]) -> GenerationRequest:
     model, params, stream, include_usage = _common(body, "max_tokens")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

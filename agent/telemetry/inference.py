@@ -102,8 +102,8 @@ class InferenceSampler:
             return []
         try:
             stats, bounds, counts = read_counters(metrics)
-        except Exception as exc:  # a broken stats source must not stop the telemetry
-            log.debug("inference stats unavailable: %s", exc)
+        except Exception:  # a broken stats source (a bug): logged, the system telemetry goes on
+            log.exception("inference stats unavailable")
             return []
         previous = self._previous
         self._previous = (id(metrics), stats, counts)

@@ -1,8 +1,8 @@
 """Sample the system metrics of agent.telemetry.catalog, cheaply and without blocking.
 
 Each source is read on its own: one that fails (or doesn't exist on this OS) just leaves its
-metrics out of the sample. Rates (CPU use, network bytes) cover the time since the previous
-``sample()`` call.
+metrics out of the sample; one that fails for another reason (a bug) is logged with its
+traceback. Rates (CPU use, network bytes) cover the time since the previous ``sample()`` call.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from protos import common_pb2
 log = logging.getLogger(__name__)
 
 MetricValues = list[common_pb2.MetricValue]
+# How a source that is denied, missing or unsupported on this OS fails (psutil and the OS).
+SOURCE_ERRORS = (OSError, psutil.Error, NotImplementedError)
 
 
 def _value(metric: str, value: float, series: str = "") -> common_pb2.MetricValue:
@@ -30,7 +32,7 @@ def _value(metric: str, value: float, series: str = "") -> common_pb2.MetricValu
 
 def _busy_percent(before: Any, after: Any) -> float:
     """CPU busy % between two psutil cpu_times() tuples (psutil's own formula)."""
-    delta = {f: max(0.0, getattr(after, f) - getattr(before, f)) for f in after._fields}
+    delta: dict[str, float] = {f: max(0.0, getattr(after, f) - getattr(before, f)) for f in after._fields}
     # On Linux guest time is already counted in user/nice; iowait is idle time.
     total = sum(delta.values()) - delta.get("guest", 0.0) - delta.get("guest_nice", 0.0)
     busy = total - delta.get("idle", 0.0) - delta.get("iowait", 0.0)
@@ -60,7 +62,7 @@ class SystemSampler:
     def _try(fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except Exception as exc:  # a missing source must not stop the agent
+        except SOURCE_ERRORS as exc:  # a missing source must not stop the agent
             log.debug("sampler: %s", exc)
             return None
 
@@ -70,8 +72,10 @@ class SystemSampler:
         for source in self._sources:
             try:
                 out.extend(source())
-            except Exception as exc:  # omit this source's metrics, keep the rest
+            except SOURCE_ERRORS as exc:  # omit this source's metrics, keep the rest
                 log.debug("sampler: %s failed: %s", source.__name__, exc)
+            except Exception:  # a bug in one source: logged with its traceback, the rest go on
+                log.exception("sampler: %s failed", source.__name__)
         return out
 
     def _cpu(self) -> MetricValues:
@@ -89,7 +93,8 @@ class SystemSampler:
 
     def _load(self) -> MetricValues:
         # os.getloadavg, not psutil's: on Windows psutil emulates it with a background thread.
-        return [_value("load1", os.getloadavg()[0])]
+        getloadavg = getattr(os, "getloadavg", None)  # absent on Windows
+        return [] if getloadavg is None else [_value("load1", getloadavg()[0])]
 
     def _memory(self) -> MetricValues:
         vm = psutil.virtual_memory()

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runtime == "onnxruntime-genai":
         import onnxruntime_genai  # noqa: F401 - loaded before the baseline, so it counts as runtime
     else:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - likewise
     baseline = proc_status_bytes("VmRSS")
     started = time.perf_counter()
     try:

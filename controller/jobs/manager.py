@@ -228,7 +228,7 @@ class JobManager:
     async def _run(self, run: _Run, job: JobRecord) -> None:
         try:
             await self._attempt(run, job)
-        except Exception as e:
+        except Exception as e:  # logged with its traceback; a job must end failed, never stay "running"
             log.exception("job %s: unexpected error", job.id)
             await self._finish(job.id, JobState.FAILED, error=f"the controller could not run it: {e}")
         finally:

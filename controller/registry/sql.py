@@ -12,6 +12,7 @@ the same transaction, after the models they may refer to.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -302,7 +303,8 @@ class ModelRegistry:
         name, version = resolve_model(conn, entry, registered, self.models_root)
         relative = relative_dir(name, version, entry.profile)
         built = _read_meta(copy.directory)  # the builder's; the row's facts win where they differ
-        gate = built.get("gate") if isinstance(built.get("gate"), dict) else {}
+        built_gate = built.get("gate")
+        gate = built_gate if isinstance(built_gate, dict) else {}
         meta = {**built, "model": f"{name}:{version}", "profile": entry.profile, "precision": entry.precision,
                 "provider": entry.provider, "runtime": entry.runtime, "build": entry.build,
                 "metrics": entry.metrics, "gate": {**gate, "status": entry.status, "reason": entry.reason}}
@@ -360,14 +362,15 @@ class ModelRegistry:
         raise NotFound(f"model {name!r} has no version {version} (it has "
                        f"{', '.join(map(str, versions))}); see `slmops models list`")
 
-    def list(self, name: str | None = None) -> list[ModelRecord]:
+    # From here on, ``list`` in this class's annotations would name this method: builtins.list.
+    def list(self, name: str | None = None) -> builtins.list[ModelRecord]:
         stmt = select(models).order_by(models.c.name, models.c.version)
         if name is not None:
             stmt = stmt.where(models.c.name == check_name("name", name))
         with self._db.read() as conn:
             return [_record(r) for r in conn.execute(stmt)]
 
-    def by_job(self, job_id: str) -> list[ModelRecord]:
+    def by_job(self, job_id: str) -> builtins.list[ModelRecord]:
         with self._db.read() as conn:
             return [_record(r) for r in conn.execute(select(models).where(
                 models.c.job_id == job_id).order_by(models.c.name, models.c.version))]
@@ -390,7 +393,7 @@ class ModelRegistry:
                 {**evaluation.__dict__, "metrics": json.dumps(evaluation.metrics)}))
         return evaluation
 
-    def evaluations(self, ref: str) -> list[EvaluationRecord]:
+    def evaluations(self, ref: str) -> builtins.list[EvaluationRecord]:
         record = self.get(ref)
         with self._db.read() as conn:
             return [_evaluation(r) for r in conn.execute(
@@ -400,7 +403,7 @@ class ModelRegistry:
 
     # device variants
     def add_variants(self, ref: str, entries: Sequence[Mapping[str, Any]],
-                     job_id: str = "") -> list[VariantRecord]:
+                     job_id: str = "") -> builtins.list[VariantRecord]:
         """Record variants of the version ``ref`` (entries as in a registration, kind "variant",
         without "model"), all or none; a profile built before is replaced."""
         record = self.get(ref)
@@ -409,13 +412,13 @@ class ModelRegistry:
         linked = [{**e, "kind": "variant", "model": {"registered": record.ref}} for e in entries]
         return self._register(linked, job_id)[1]
 
-    def variants(self, ref: str) -> list[VariantRecord]:
+    def variants(self, ref: str) -> builtins.list[VariantRecord]:
         """Every variant of the version ``ref``, passed or failed, by profile name."""
         record = self.get(ref)
         with self._db.read() as conn:
             return read_variants(conn, record.name, record.version)
 
-    def variants_by_job(self, job_id: str) -> list[VariantRecord]:
+    def variants_by_job(self, job_id: str) -> builtins.list[VariantRecord]:
         with self._db.read() as conn:
             return [variant_record(r) for r in conn.execute(
                 select(variants).where(variants.c.job_id == job_id).order_by(variants.c.id))]
@@ -434,12 +437,12 @@ class ModelRegistry:
         record = self.get(ref)
         return deployable(self.variants(record.ref), record.ref, profile)
 
-    def all_variants(self) -> list[VariantRecord]:
+    def all_variants(self) -> builtins.list[VariantRecord]:
         with self._db.read() as conn:
             return [variant_record(r) for r in conn.execute(
                 select(variants).order_by(variants.c.name, variants.c.version, variants.c.profile))]
 
-    def variant_files(self, variant: VariantRecord) -> list[vfiles.VariantFile]:
+    def variant_files(self, variant: VariantRecord) -> builtins.list[vfiles.VariantFile]:
         """The variant's files as recorded when it was registered, by path. For a variant
         registered before files were recorded one by one, they are recovered once from disk
         if they still match its recorded digest (DamagedVariant if not); see variant_files.py."""

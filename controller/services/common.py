@@ -56,7 +56,7 @@ def maps_errors_with(status: StatusFor) -> Callable[[Callable[..., Awaitable[T]]
 
     def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(fn)
-        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
             try:
                 return await fn(self, request, context)
             except Exception as e:
@@ -77,7 +77,7 @@ def maps_stream_errors_with(status: StatusFor) -> Callable[[Callable[..., AsyncI
     def decorate(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
         @functools.wraps(fn)
         async def wrapper(self: Any, request: Any,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[T]:
             try:
                 async for item in fn(self, request, context):
                     yield item
@@ -94,12 +94,12 @@ def maps_stream_errors_with(status: StatusFor) -> Callable[[Callable[..., AsyncI
 maps_errors = maps_errors_with(status_for)
 
 
-def peer_cert(context: grpc.aio.ServicerContext) -> PeerCert | None:
-    pems = context.auth_context().get("x509_pem_cert")
+def peer_cert(context: grpc.aio.ServicerContext[Any, Any]) -> PeerCert | None:
+    pems = list(context.auth_context().get("x509_pem_cert", ()))
     return parse_peer_cert(pems[0]) if pems else None
 
 
-async def require_admin(context: grpc.aio.ServicerContext) -> None:
+async def require_admin(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     cert = peer_cert(context)
     if cert is None or cert.role != ROLE_ADMIN:
         await context.abort(
@@ -109,7 +109,7 @@ async def require_admin(context: grpc.aio.ServicerContext) -> None:
         )
 
 
-async def require_device(context: grpc.aio.ServicerContext, store: FleetStore) -> DeviceRecord:
+async def require_device(context: grpc.aio.ServicerContext[Any, Any], store: FleetStore) -> DeviceRecord:
     """The calling device, known from its certificate; refused if removed or superseded."""
     cert = peer_cert(context)
     if cert is None or cert.role != ROLE_DEVICE:

@@ -37,8 +37,10 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         self.active = 0  # downloads being served now (only touched on the event loop)
         self.bytes_sent = 0
 
-    async def FetchBlob(self, request: delivery_pb2.FetchBlobRequest,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[delivery_pb2.BlobChunk]:
+    async def FetchBlob(
+        self, request: delivery_pb2.FetchBlobRequest,
+        context: grpc.aio.ServicerContext[delivery_pb2.FetchBlobRequest, delivery_pb2.BlobChunk],
+    ) -> AsyncIterator[delivery_pb2.BlobChunk]:
         device = await require_device(context, self._store)
         if self.active >= self._max:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

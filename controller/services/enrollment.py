@@ -38,7 +38,8 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServiceServicer):
 
     @maps_errors
     async def Enroll(
-        self, request: enrollment_pb2.EnrollRequest, context: grpc.aio.ServicerContext
+        self, request: enrollment_pb2.EnrollRequest,
+        context: grpc.aio.ServicerContext[enrollment_pb2.EnrollRequest, enrollment_pb2.EnrollResponse],
     ) -> enrollment_pb2.EnrollResponse:
         validation.token_id("token_id", request.token_id)
         validation.name("name", request.name)
