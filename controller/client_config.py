@@ -39,6 +39,8 @@ class ClientConfig:
             ) from None
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: can't read the client config: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the client config is not a JSON object")
         missing = [k for k in cls.__dataclass_fields__ if not isinstance(data.get(k), str)]
         if missing:
             raise ConfigError(f"{path}: missing or not text: {', '.join(missing)}")

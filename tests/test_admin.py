@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc import RunningController, sample
 
 from controller.cli.main import cli
+from controller.client_config import ClientConfig, ConfigError
 from protos import admin_pb2, fleet_pb2
 
 
@@ -145,3 +147,16 @@ def test_message_over_the_transport_limit_is_refused_and_the_server_goes_on(ctl)
             id="edge-1", set={"room": "x" * 20_000_000}), timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert ctl.admin.ListDevices(admin_pb2.ListDevicesRequest(), timeout=5).devices == []
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[]", "not a JSON object"),
+    ("{", "can't read the client config"),
+    ('{"controller": "127.0.0.1:1"}', "missing or not text"),
+])
+def test_a_broken_client_config_is_named_not_a_traceback(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "client.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=says) as caught:
+        ClientConfig.load(path)
+    assert str(path) in str(caught.value)
