@@ -23,6 +23,7 @@ from inproc import RunningAgent, RunningController
 
 from agent.cli import main as agent_cli
 from agent.delivery.manifest import Manifest, sign, verify
+from agent.delivery.phases import DeploymentPhase
 from agent.delivery.phases import to_proto as phase_to_proto
 from controller.cli import views
 from controller.pki import load_or_create_signing_key
@@ -262,7 +263,8 @@ def test_download_progress_never_passes_the_total_while_a_blob_is_fetched_again(
         f.write(bytes([byte[0] ^ 0xFF]))  # damaged after signing: only the device can tell
     assert "hash mismatch" in _phase(ctl, "edge-1", release, "failed").reason
     reports = [s for s in agent.call(lambda: list(agent.agent.updater.history))
-               if s.release == release and s.phase == "downloading" and s.bytes_total]
+               if s.release == release and s.deployment_phase == phase_to_proto(DeploymentPhase.DOWNLOADING)
+               and s.bytes_total]
     assert len(reports) >= 2, reports  # it took seconds: progress was reported on the way
     over = [(s.bytes_done, s.bytes_total) for s in reports if s.bytes_done > s.bytes_total]
     assert not over, f"progress past the total: {over}"
