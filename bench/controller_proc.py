@@ -94,7 +94,7 @@ class ControllerProcess:
     def _watch(self) -> None:
         while self._watching:
             try:
-                self.rss_peak = max(self.rss_peak, self.ps.memory_info().rss)  # type: ignore[union-attr]
+                self.rss_peak = max(self.rss_peak, self.ps.memory_info().rss)
             except psutil.Error:
                 return
             time.sleep(0.25)

@@ -47,7 +47,7 @@ def _enable_in_thread() -> None:
 
 
 class ProfiledExecutor(ThreadPoolExecutor):
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("initializer", _enable_in_thread)
         super().__init__(*args, **kwargs)
 
@@ -107,7 +107,7 @@ def _install_timing() -> None:
             _records["submit_wait"].append((stamp, time.perf_counter() - w0, 0.0,
                                             self._queue.qsize()))
 
-    IngestWriter.submit = timed_submit  # type: ignore[method-assign]
+    IngestWriter.submit = timed_submit
 
     start = controller.server.Controller.start
 
@@ -116,7 +116,7 @@ def _install_timing() -> None:
         self._bench_lag = asyncio.create_task(_loop_lag())
         return endpoints
 
-    controller.server.Controller.start = start_with_lag_probe  # type: ignore[method-assign]
+    controller.server.Controller.start = start_with_lag_probe
 
     began: dict[int, tuple[float, float]] = {}
 
@@ -151,7 +151,7 @@ def main() -> None:
     from controller.cli.main import cli
 
     if mode == "cprofile":
-        controller.ingest.ThreadPoolExecutor = ProfiledExecutor  # type: ignore[misc]
+        controller.ingest.ThreadPoolExecutor = ProfiledExecutor
         loop_prof = cProfile.Profile()
         _profiles["loop"] = loop_prof
         loop_prof.enable()

@@ -121,11 +121,11 @@ def report(runs: list[dict[str, Any]], recipe: Path, teacher: str, student: str,
     ]
     adapters = [r["models"].get(adapter) for r in runs]
     if all(adapters):
-        em = [a["metrics"]["exact_match"] for a in adapters]  # type: ignore[index]
-        per = [a["metrics"].get("per_intent", {}) for a in adapters]  # type: ignore[union-attr]
+        em = [a["metrics"]["exact_match"] for a in adapters]
+        per = [a["metrics"].get("per_intent", {}) for a in adapters]
         new = [p.get("cancel_subscription", {}).get("exact_match") for p in per]
         new_text = spread(new) if all(v is not None for v in new) else "-"
-        size = [a["size_bytes"] / 1024 for a in adapters]  # type: ignore[index]
+        size = [a["size_bytes"] / 1024 for a in adapters]
         lines += ["", f"LoRA adapter `{adapter}` (student + new intent): exact match over all intents "
                       f"{spread(em)}, on the new intent {new_text}, adapter size {spread(size)} KiB."]
     return "\n".join(lines) + "\n"

@@ -61,8 +61,8 @@ def enroll_devices(ctl: ControllerProcess, n: int, threads: int) -> tuple[list[d
         name = f"sim-{i:05d}"
         for attempt in range(5):
             try:
-                identity = enroll(enroll_address=ctl.endpoints.enroll,  # type: ignore[union-attr]
-                                  controller=ctl.endpoints.listen,  # type: ignore[union-attr]
+                identity = enroll(enroll_address=ctl.endpoints.enroll,
+                                  controller=ctl.endpoints.listen,
                                   token=token, name=name, labels={"bench": "fleet_scale"},
                                   hardware=hardware, timeout_s=30)
                 return {"name": name, "identity": asdict(identity)}
@@ -100,7 +100,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"agents": n}
     try:
         endpoints = ctl.start()
-        say(f"  controller pid {ctl.proc.pid} on {endpoints.listen}, "  # type: ignore[union-attr]
+        say(f"  controller pid {ctl.proc.pid} on {endpoints.listen}, "
             f"enrollment on {endpoints.enroll}")
         entries, enroll_s = enroll_devices(ctl, n, args.enroll_threads)
         result.update(enrolled=len(entries), enroll_s=round(enroll_s, 2),

@@ -446,7 +446,7 @@ class Bench:
             raise BenchError(f"rollout {rollout_id} ended {_state(r)}: {r.reason}")
         waves = wave_figures(r, bakes, versions["v2"]["bytes"])
         total = (r.finished_at_ms - r.created_at_ms) / 1000
-        not_on_v2 = [n for n, d in self.admin.devices().items()  # type: ignore[union-attr]
+        not_on_v2 = [n for n, d in self.admin.devices().items()
                      if n in self.names and d.deployment.active_model != versions["v2"]["ref"]]
         if not_on_v2:
             raise BenchError(f"after the rollout, {len(not_on_v2)} devices are not on v2: {not_on_v2[:5]}")

@@ -47,7 +47,7 @@ def emit(event: str, **data: object) -> None:
     sys.stdout.flush()
 
 
-async def _one(settings, stagger_s: float) -> None:  # type: ignore[no-untyped-def]
+async def _one(settings, stagger_s: float) -> None:
     from agent.daemon import Agent
 
     await asyncio.sleep(stagger_s)

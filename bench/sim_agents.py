@@ -203,7 +203,7 @@ class SimAgent:
             await asyncio.gather(reader, beats, sender, return_exceptions=True)
             call.cancel()
 
-    async def _read(self, call, acks, write) -> None:  # type: ignore[no-untyped-def]
+    async def _read(self, call, acks, write) -> None:
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
@@ -215,13 +215,13 @@ class SimAgent:
                 await write(fleet_pb2.ConnectRequest(command_result=fleet_pb2.CommandResult(
                     id=message.command.id, ok=False, error="not supported by the bench agent")))
 
-    async def _heartbeats(self, write) -> None:  # type: ignore[no-untyped-def]
+    async def _heartbeats(self, write) -> None:
         while True:
             await write(fleet_pb2.ConnectRequest(heartbeat=fleet_pb2.Heartbeat(
                 timestamp_ms=int(time.time() * 1000), spool_pending=len(self.pending))))
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _send(self, write, acks) -> None:  # type: ignore[no-untyped-def]
+    async def _send(self, write, acks) -> None:
         loop = asyncio.get_running_loop()
         batch_id = 0
         while True:

@@ -94,7 +94,7 @@ class RunningController:
             self.config.admin_cert_pem, self.config.admin_key_pem))
 
     @property
-    def store(self):  # type: ignore[no-untyped-def]
+    def store(self):
         return self.controller.store
 
     def run(self, coro: Any) -> Any:

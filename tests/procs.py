@@ -46,7 +46,7 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interva
         try:
             last: Any = predicate()
             if last:
-                return last  # type: ignore[no-any-return]
+                return last
         except Exception as e:  # noqa: BLE001 - "not yet" (a file not written yet, say); reported
             last = e
         if time.monotonic() >= deadline:

@@ -93,7 +93,7 @@ def test_health_is_served_on_both_ports(ctl: RunningController) -> None:
         assert status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _cli(ctl: RunningController, *args: str):  # type: ignore[no-untyped-def]
+def _cli(ctl: RunningController, *args: str):
     return CliRunner().invoke(cli, ["--config", ctl.endpoints.config_path, *args], obj={})
 
 

@@ -95,7 +95,7 @@ def test_full_disk_mid_download_fails_with_the_numbers_then_finishes_once_there_
     _wait_phase(procs, second, "active", timeout=180)
     assert _ask(agent) > 0
     # Telemetry kept being sampled through it all, and flows again.
-    procs.wait_until(lambda: agent.spool().last_acked_seq > spool.next_seq + 5, 60,  # type: ignore[union-attr]
+    procs.wait_until(lambda: agent.spool().last_acked_seq > spool.next_seq + 5, 60,
                      "telemetry sampled after the disk was full to reach the controller")
     assert "Task exception was never retrieved" not in agent.proc.stderr()
 

@@ -83,7 +83,7 @@ def test_agent_survives_controller_sigkill_while_busy_and_reconnects_every_time(
     with Hammer([url], clients=3, tokens=40) as hammer:
         for round_ in range(ROUNDS):
             before = sessions()
-            acked = agent.spool().last_acked_seq  # type: ignore[union-attr]
+            acked = agent.spool().last_acked_seq
             procs.wait_until(lambda n=round_: hammer.ok > n, 60, "requests to be answered")
             controller.proc.kill()
             time.sleep(0.3)  # the agent is mid-write on a stream whose other end just died
@@ -91,7 +91,7 @@ def test_agent_survives_controller_sigkill_while_busy_and_reconnects_every_time(
             assert ask(url, max_tokens=4) > 0  # local apps are still served, controller or not
             controller = procs.start_controller(data_dir=controller.data_dir, port=controller.port)
             procs.wait_until(lambda n=before: sessions() > n, 60, f"round {round_}: the agent to reconnect")
-            procs.wait_until(lambda n=acked: agent.spool().last_acked_seq > n,  # type: ignore[union-attr]
+            procs.wait_until(lambda n=acked: agent.spool().last_acked_seq > n,
                              60, f"round {round_}: telemetry to flow again")
     assert agent.proc.running
     assert hammer.ok > 0

@@ -247,7 +247,7 @@ steps:
 
 @pytest.fixture
 def env(ctl: RunningController, tiny: variants.TinyVariants, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    registry: ModelRegistry = ctl.controller.registry  # type: ignore[assignment]
+    registry: ModelRegistry = ctl.controller.registry
     registry.register([{"name": "tiny-support", "kind": "base", "path": str(tiny.model_dir)}])
     write_jsonl(tmp_path / "test.jsonl", tiny.test_rows[:4])
     yield Path(ctl.endpoints.config_path), tmp_path / "test.jsonl"

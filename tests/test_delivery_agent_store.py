@@ -46,7 +46,7 @@ def make_manifest(contents: dict[str, bytes], release: int, **changes: object) -
         runtime="ort-genai", variant="a" * 64, files=entries, issued_at_ms=1,
         expires_at_ms=int(time.time() * 1000) + 3600_000)
     fields.update(changes)
-    return Manifest(**fields)  # type: ignore[arg-type]
+    return Manifest(**fields)
 
 
 def fill(cache: BlobCache, files: dict[str, bytes]) -> None:

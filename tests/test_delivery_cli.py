@@ -250,9 +250,9 @@ def test_bundle_export_writes_a_tar_that_starts_with_the_signed_manifest(
     with tarfile.open(out, "r:") as tar:
         members = tar.getmembers()
         assert [m.name for m in members[:2]] == ["manifest.json", "manifest.sig"]
-        body = tar.extractfile(members[0]).read()  # type: ignore[union-attr]
-        signature = tar.extractfile(members[1]).read()  # type: ignore[union-attr]
-        blobs = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest()  # type: ignore[union-attr]
+        body = tar.extractfile(members[0]).read()
+        signature = tar.extractfile(members[1]).read()
+        blobs = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest()
                  for m in members[2:]}
     manifest = verify(body, signature, ctl.enroll("edge-1").manifest_public_key)
     assert (manifest.ref, manifest.profile, manifest.release) == (model, PROFILE, result["release"])

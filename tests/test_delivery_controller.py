@@ -403,7 +403,7 @@ def _bundle(ctl: RunningController, ref: str, profile: str) -> bytes:
 
 def _release_of_bundle(ctl: RunningController, ref: str, profile: str) -> int:
     with tarfile.open(fileobj=io.BytesIO(_bundle(ctl, ref, profile))) as tar:
-        return json.loads(tar.extractfile("manifest.json").read())["release"]  # type: ignore[union-attr]
+        return json.loads(tar.extractfile("manifest.json").read())["release"]
 
 
 def test_export_bundle_streams_a_signed_tar_with_every_blob(ctl: RunningController,
@@ -411,7 +411,7 @@ def test_export_bundle_streams_a_signed_tar_with_every_blob(ctl: RunningControll
     ref, variant_dir = model
     data = _bundle(ctl, ref, PROFILE)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     public = Device(ctl, "edge-1").identity.manifest_public_key  # as the agents pinned it
     manifest = verify(members["manifest.json"], members["manifest.sig"], public)
     assert (manifest.ref, manifest.profile) == (ref, PROFILE)

@@ -123,7 +123,7 @@ def _ask(agent: RunningAgent, model: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def live(ctl: RunningController, agents, tiny, golden, tmp_path: Path):  # type: ignore[no-untyped-def]
+def live(ctl: RunningController, agents, tiny, golden, tmp_path: Path):
     """edge-1 running support:1 (release r1), served over HTTP."""
     agent = agents("edge-1")
     profile = _device(ctl, "edge-1").profile

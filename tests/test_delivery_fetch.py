@@ -258,7 +258,7 @@ def test_bandwidth_cap_throttles_and_still_completes(tmp_path: Path) -> None:
     assert stats.throttled_s > 0  # the cap's sleeps ran (no assertion on the rate: no timings)
     assert cache.path(digest).read_bytes() == data
     with pytest.raises(ValueError, match="max_bytes_per_s"):
-        Fetcher(lambda: None, cache, max_bytes_per_s=-1)  # type: ignore[arg-type, return-value]
+        Fetcher(lambda: None, cache, max_bytes_per_s=-1)
 
 
 def test_a_blob_already_in_the_cache_is_not_fetched_again(tmp_path: Path) -> None:

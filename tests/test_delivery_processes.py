@@ -83,7 +83,7 @@ def _start(procs: ProcessHarness, tmp_path: Path, token: str | None = None,
     return procs.start_agent("edge-1", data_dir, token=token, extra=AGENT_FLAGS)
 
 
-def _fleet(procs: ProcessHarness, tmp_path: Path, tiny, golden, *, first_pad: bool = False):  # type: ignore[no-untyped-def]
+def _fleet(procs: ProcessHarness, tmp_path: Path, tiny, golden, *, first_pad: bool = False):
     """A controller and edge-1 running release 1; (controller, agent, profile, release)."""
     controller = procs.start_controller()
     agent = _start(procs, tmp_path, token=procs.create_token()["token"])

@@ -41,7 +41,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     return json.loads(done.stdout), root / "demo"
 
 
-def test_the_demo_rolls_the_student_out_to_three_profiles_canary_first(demo) -> None:  # type: ignore[no-untyped-def]
+def test_the_demo_rolls_the_student_out_to_three_profiles_canary_first(demo) -> None:
     result, _ = demo
     student = result["models"]["student"]
     assert student == "support-tiny-student:1"
@@ -62,7 +62,7 @@ def test_the_demo_rolls_the_student_out_to_three_profiles_canary_first(demo) -> 
     assert result["comparison"][1]["params_pct"] < 100  # the student is smaller
 
 
-def test_each_agent_answered_over_http_and_benchmarked_its_own_variant(demo) -> None:  # type: ignore[no-untyped-def]
+def test_each_agent_answered_over_http_and_benchmarked_its_own_variant(demo) -> None:
     result, _ = demo
     assert set(result["answers"]) == set(PROFILES)
     for answers in result["answers"].values():
@@ -76,7 +76,7 @@ def test_each_agent_answered_over_http_and_benchmarked_its_own_variant(demo) -> 
         assert telemetry[name]["requests"] >= 1 and telemetry[name]["completion_tokens"] > 0
 
 
-def test_the_demo_leaves_nothing_running_and_says_what_to_run_next(demo) -> None:  # type: ignore[no-untyped-def]
+def test_the_demo_leaves_nothing_running_and_says_what_to_run_next(demo) -> None:
     result, data_dir = demo
     state = json.loads((data_dir / "demo.json").read_text())
     assert state["processes"] == []

@@ -58,11 +58,11 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -
         time.sleep(0.05)
 
 
-def _cli(ctl: RunningController, *args: str):  # type: ignore[no-untyped-def]
+def _cli(ctl: RunningController, *args: str):
     return CliRunner().invoke(cli, ["--config", ctl.endpoints.config_path, *args], obj={})
 
 
-def _error(result) -> dict:  # type: ignore[no-untyped-def]
+def _error(result) -> dict:
     assert result.exit_code != 0, result.output
     return json.loads(result.output)["error"]
 

@@ -58,7 +58,7 @@ def wait_acked(procs: ProcessHarness, agent: Agent, at_least: int, timeout: floa
 def assert_stored_once_without_gaps(procs: ProcessHarness, device: str, must_hold: int,
                                     below: int) -> list[int]:
     """The controller holds the device's seqs 1..top, each once, with must_hold <= top < below."""
-    db = procs.controller.db  # type: ignore[union-attr]
+    db = procs.controller.db
     seqs = stored_seqs(db, device)
     twice = seqs_stored_twice(db, device)
     assert not twice, f"{device}: (seq, count) stored more than once: {twice[:20]}"
@@ -130,7 +130,7 @@ def test_controller_sigkill_loses_no_acknowledged_sample_and_stores_none_twice(
     assert first is not None
     first.proc.kill()
     # Acknowledged = what an agent recorded as acknowledged; it is gone from its spool now.
-    acked_at_kill = {name: agent.spool().last_acked_seq  # type: ignore[union-attr]
+    acked_at_kill = {name: agent.spool().last_acked_seq
                      for name, agent in agents.items()}
     time.sleep(2)  # the agents keep sampling into their spools, and keep retrying
     for name, agent in agents.items():
@@ -140,7 +140,7 @@ def test_controller_sigkill_loses_no_acknowledged_sample_and_stores_none_twice(
 
     procs.start_controller(data_dir=first.data_dir, port=first.port)
     wait_all_online(procs, set(ids.values()))  # they reconnected by themselves
-    made_before_restart = {name: agent.spool().next_seq - 1  # type: ignore[union-attr]
+    made_before_restart = {name: agent.spool().next_seq - 1
                            for name, agent in agents.items()}
     for name, agent in agents.items():  # the backlog is through, and some more after it
         wait_acked(procs, agent, made_before_restart[name] + 5)
@@ -184,7 +184,7 @@ def test_agent_sigkill_and_restart_keeps_its_id_and_sends_unacknowledged_samples
     assert again.device_id() == device
     last_acked = wait_acked(procs, again, max(at_kill.pending) + 5)
 
-    assert_stored_once_without_gaps(procs, device, last_acked, again.spool().next_seq)  # type: ignore[union-attr]
+    assert_stored_once_without_gaps(procs, device, last_acked, again.spool().next_seq)
     assert "enrolled as" not in again.proc.stderr(), again.proc.logs()
     assert f"as {device}" in again.proc.stderr(), again.proc.logs()
     assert again.proc.terminate() == 0

@@ -161,7 +161,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resumed]:
         client.close()
         procs.wait_until(lambda: not worker_pids(job.id), 15, "the worker to die with the controller")
         procs.start_controller(data_dir=first.data_dir)
-        client = PipelineClient(Path(procs.controller.info["config"]))  # type: ignore[union-attr]
+        client = PipelineClient(Path(procs.controller.info["config"]))
         done = procs.wait_until(
             lambda: job_states.word((j := client.call(client.pipeline.GetJob, pipeline_pb2.GetJobRequest(
                 id=job.id)).job).state) in ("succeeded", "failed", "cancelled") and j,

@@ -121,7 +121,7 @@ def test_models_compare_reports_retention_and_speedup_against_the_first(env: Env
     weights.mkdir()
     (weights / "model.safetensors").write_bytes(b"0" * 1000)
     data = {"test.jsonl": "ab" * 32}
-    registry: ModelRegistry = env.ctl.controller.registry  # type: ignore[assignment]
+    registry: ModelRegistry = env.ctl.controller.registry
     for name, params, em, p50 in (("cmp-teacher", 5_000_000, 0.9, 40.0),
                                   ("cmp-student", 800_000, 0.864, 10.0)):
         registry.register([{"name": name, "kind": "distilled", "path": str(weights), "params": params,

@@ -42,7 +42,7 @@ LEGAL = [
 
 
 @pytest.mark.parametrize(("state", "event", "new"), LEGAL, ids=[f"{s}-{e}" for s, e, _ in LEGAL])
-def test_every_legal_transition_leads_where_the_table_says(state, event, new) -> None:  # type: ignore[no-untyped-def]
+def test_every_legal_transition_leads_where_the_table_says(state, event, new) -> None:
     assert transition(state, event) is new
     assert transition(str(state), event) is new  # as read from the database
 
@@ -93,7 +93,7 @@ def test_a_state_the_table_does_not_know_is_illegal_not_a_crash() -> None:
     (WaveState, rollout_pb2.WaveState, wave_state_to_proto, wave_state_from_proto),
     (job_states.JobState, pipeline_pb2.JobState, job_states.to_proto, job_states.from_proto),
 ], ids=["rollout", "rollout-device", "wave", "job"])
-def test_each_python_enum_names_exactly_the_proto_enums_states(  # type: ignore[no-untyped-def]
+def test_each_python_enum_names_exactly_the_proto_enums_states(
         enum_type, proto_enum, to_proto, from_proto) -> None:
     wire = [n for n in proto_enum.keys() if not n.endswith("_UNSPECIFIED")]
     assert len(wire) == len(enum_type)

@@ -47,7 +47,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, tiny, golden) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+def fleet(tmp_path: Path, tiny, golden) -> Iterator[Fleet]:
     """Three agents labelled site=lab, each active on support:1 (first release)."""
     f = Fleet(tmp_path)
     try:
@@ -68,7 +68,7 @@ def fleet(tmp_path: Path, tiny, golden) -> Iterator[Fleet]:  # type: ignore[no-u
         f.stop()
 
 
-def _create(ctl: RunningController, **fields) -> rollout_pb2.Rollout:  # type: ignore[no-untyped-def]
+def _create(ctl: RunningController, **fields) -> rollout_pb2.Rollout:
     request = rollout_pb2.CreateRolloutRequest(**{
         "model": "support:2", "selector": {"site": "lab"}, "waves": "1,50%,100%", "bake_ms": 1000,
         "max_failure": "0", "gates": rollout_pb2.RolloutGates(min_device_accuracy=0.9), **fields})
@@ -108,7 +108,7 @@ def _v2_releases(ctl: RunningController, name: str) -> int:
                if (rec := ctl.store.get_release(r, device.id)) and rec.ref == "support:2")
 
 
-def test_canary_then_waves_reach_every_device(fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+def test_canary_then_waves_reach_every_device(fleet: Fleet, tiny, golden) -> None:
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl)
     assert created.id.startswith("r-") and [w.size for w in created.waves] == [1, 1, 1]
@@ -128,7 +128,7 @@ def test_canary_then_waves_reach_every_device(fleet: Fleet, tiny, golden) -> Non
 
 
 def test_a_canary_failing_the_on_device_gate_halts_and_leaves_the_others_alone(
-        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden) -> None:
     wrong = [{"prompt": row["prompt"], "answer": "no such answer"} for row in golden]
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, wrong)
     created = _create(fleet.ctl)
@@ -154,7 +154,7 @@ def test_a_canary_failing_the_on_device_gate_halts_and_leaves_the_others_alone(
 
 
 def test_pause_lets_in_flight_updates_finish_and_starts_nothing_until_resume(
-        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden) -> None:
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl)
     _wait_for(lambda: _status(_get(fleet.ctl, created.id))[NAMES[0]] != "pending", "the canary to start")
@@ -177,7 +177,7 @@ def test_pause_lets_in_flight_updates_finish_and_starts_nothing_until_resume(
 
 
 def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_model(
-        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden) -> None:
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl)
     assert _state(_until_state(fleet.ctl, created.id, "succeeded", "halted", "rolled_back")) == "succeeded"
@@ -201,7 +201,7 @@ def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_mod
 @pytest.mark.parametrize(("call", "word"), [("PauseRollout", "paused"), ("ResumeRollout", "resumed"),
                                             ("AbortRollout", "aborted")])
 def test_an_operator_command_on_a_finished_rollout_is_refused_naming_its_state(
-        fleet: Fleet, tiny, golden, call: str, word: str) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden, call: str, word: str) -> None:
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl, bake_ms=600_000)
     aborted = fleet.ctl.admin.AbortRollout(rollout_pb2.RolloutActionRequest(id=created.id),
@@ -217,7 +217,7 @@ def test_an_operator_command_on_a_finished_rollout_is_refused_naming_its_state(
 
 
 def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_twice(
-        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden) -> None:
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl, bake_ms=3000)
     _wait_for(lambda: _get(fleet.ctl, created.id).current_wave >= 1, "wave 1 to pass")
@@ -234,7 +234,7 @@ def test_a_restarted_controller_resumes_at_the_right_wave_and_assigns_no_device_
 
 
 def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
-        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden) -> None:
     """A device capped at 0.5 MB/s is still fetching support:2's 3 MB when the operator rolls
     the rollout back: its update is dropped, and it never switches to support:2 later. (Six
     seconds of download leave a slow CI host time to see it downloading and roll back.)"""
@@ -268,7 +268,7 @@ def test_a_rollback_while_a_device_still_downloads_calls_its_update_off(
 
 
 def test_a_canary_below_the_rollouts_min_device_accuracy_never_switches(
-        fleet: Fleet, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        fleet: Fleet, tiny, golden) -> None:
     """The build recorded none of support:2's golden prompts as right, so the build's own
     on-device minimum is 0 %; the rollout asks for 90 %. The canary's gate holds it to the
     stricter of the two: it measures 0 %, fails, and never serves support:2. (Before, it passed

@@ -48,7 +48,7 @@ def test_max_failure_is_a_count_or_a_share_of_started_devices() -> None:
 
 
 @pytest.fixture
-def lab(ctl: RunningController, tmp_path) -> tuple[str, list[Device]]:  # type: ignore[no-untyped-def]
+def lab(ctl: RunningController, tmp_path) -> tuple[str, list[Device]]:
     """support:1 with a variant for the stream devices' profile only; four lab devices, the last
     of which is overridden to an ARM profile that has no variant."""
     variant = _variant_dir(tmp_path / "int8", b"weights" * 1000)
@@ -63,14 +63,14 @@ def lab(ctl: RunningController, tmp_path) -> tuple[str, list[Device]]:  # type: 
     return ref, devices
 
 
-def _create(ctl: RunningController, **fields) -> rollout_pb2.Rollout:  # type: ignore[no-untyped-def]
+def _create(ctl: RunningController, **fields) -> rollout_pb2.Rollout:
     request = rollout_pb2.CreateRolloutRequest(**{"model": "support:1", "selector": {"site": "lab"},
                                                   "waves": "1,50%,100%", "bake_ms": 60_000, **fields})
     return ctl.admin.CreateRollout(request, timeout=30).rollout
 
 
 def test_each_device_is_planned_for_its_profile_or_skipped_with_the_reason(
-        ctl: RunningController, lab) -> None:  # type: ignore[no-untyped-def]
+        ctl: RunningController, lab) -> None:
     rollout = _create(ctl)
     assert [w.size for w in rollout.waves] == [1, 1, 1] and rollout.model == "support:1"
     planned = {d.device_name: d for d in rollout.devices}
@@ -83,7 +83,7 @@ def test_each_device_is_planned_for_its_profile_or_skipped_with_the_reason(
 
 
 def test_a_second_rollout_over_the_same_devices_is_refused_naming_the_conflict(
-        ctl: RunningController, lab) -> None:  # type: ignore[no-untyped-def]
+        ctl: RunningController, lab) -> None:
     first = _create(ctl)
     with pytest.raises(grpc.RpcError) as e:
         _create(ctl)
@@ -112,7 +112,7 @@ def test_bad_requests_are_refused_naming_the_field(ctl: RunningController, lab, 
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("id: ")
 
 
-def test_the_cli_creates_lists_shows_and_pauses_a_rollout_with_json(ctl: RunningController, lab) -> None:  # type: ignore[no-untyped-def]
+def test_the_cli_creates_lists_shows_and_pauses_a_rollout_with_json(ctl: RunningController, lab) -> None:
     import json
 
     from click.testing import CliRunner
@@ -141,7 +141,7 @@ def test_the_cli_creates_lists_shows_and_pauses_a_rollout_with_json(ctl: Running
     assert created["id"] in error["error"]["message"]
 
 
-def test_the_waves_per_minute_cap_holds_across_a_controller_restart(ctl: RunningController, lab) -> None:  # type: ignore[no-untyped-def]
+def test_the_waves_per_minute_cap_holds_across_a_controller_restart(ctl: RunningController, lab) -> None:
     """A restarted controller's engine starts with no memory of its own; the last wave's start
     comes from the audit trail, so the cap is not reset by a restart."""
     from test_delivery_e2e import _wait_for
@@ -161,7 +161,7 @@ def test_the_waves_per_minute_cap_holds_across_a_controller_restart(ctl: Running
 
 @pytest.mark.parametrize("action", ["rollback", "abort"])
 def test_status_watch_exits_non_zero_when_the_rollout_ends_without_succeeding(
-        ctl: RunningController, lab, action: str) -> None:  # type: ignore[no-untyped-def]
+        ctl: RunningController, lab, action: str) -> None:
     """CI waits on `slmops rollout status ID --watch`: a rollout that ends rolled_back, halted
     or aborted must fail the job."""
     import json
@@ -170,7 +170,7 @@ def test_status_watch_exits_non_zero_when_the_rollout_ends_without_succeeding(
 
     from controller.cli.main import cli
 
-    def run(*args: str):  # type: ignore[no-untyped-def]
+    def run(*args: str):
         return CliRunner().invoke(cli, ["--config", ctl.endpoints.config_path, "rollout", *args])
 
     rollout = _create(ctl)

@@ -56,7 +56,7 @@ def golden(tiny: variants.TinyVariants) -> list[dict[str, str]]:
 
 
 def test_a_canary_failing_the_on_device_gate_halts_after_wave_1(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     fleet = start_fleet(procs, tmp_path, tiny.int4, golden, NAMES)
     wrong = [{"prompt": row["prompt"], "answer": "no such answer"} for row in golden]
     assert fleet.register(tiny.int4, wrong) == V2
@@ -89,7 +89,7 @@ def test_a_canary_failing_the_on_device_gate_halts_after_wave_1(
 
 
 def test_serving_latency_over_the_limit_in_a_bake_rolls_back_waves_1_and_2(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     fleet = start_fleet(procs, tmp_path, tiny.int4, golden, NAMES)
     for name in NAMES:  # the limit must be above what the on-device gate measures (or wave 1 fails)
         gate_p95 = fleet.deployment(name)["detail"]["p95_ms"]
@@ -132,7 +132,7 @@ def test_serving_latency_over_the_limit_in_a_bake_rolls_back_waves_1_and_2(
 
 
 def test_a_controller_killed_between_waves_resumes_at_the_right_wave(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     # waves start at most every 7.5 s: after the canary's wave passes, the rollout sits between
     # waves for a few seconds, and the controller is killed there
     fleet = start_fleet(procs, tmp_path, tiny.int4, golden, NAMES,
@@ -163,7 +163,7 @@ def test_a_controller_killed_between_waves_resumes_at_the_right_wave(
 
 
 def test_a_device_offline_throughout_is_counted_by_the_policy_and_converges_on_return(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     names = [f"edge-{i:02d}" for i in range(10)]  # waves 1,50%,100%: edge-00 | 01-04 | 05-09
     fleet = start_fleet(procs, tmp_path, tiny.int4, golden, names)
     gone = "edge-03"
@@ -205,7 +205,7 @@ def test_a_device_offline_throughout_is_counted_by_the_policy_and_converges_on_r
 
 
 def test_pause_mid_wave_lets_the_update_in_flight_finish_and_starts_nothing_until_resume(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     # one device updated at a time, each download (6 MB of padding) capped at 2 MB/s: wave 2
     # (edge-2, edge-3) is updated one device after the other, and each update lasts seconds
     fleet = start_fleet(procs, tmp_path, tiny.int4, golden, NAMES,
@@ -249,7 +249,7 @@ def test_pause_mid_wave_lets_the_update_in_flight_finish_and_starts_nothing_unti
 
 
 def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_model(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     fleet = start_fleet(procs, tmp_path, tiny.int4, golden, NAMES)
     fleet.register(tiny.int4, golden)
     created = fleet.create("--waves", "1,50%,100%", "--bake", "1s")
@@ -271,7 +271,7 @@ def test_rollback_of_a_finished_rollout_returns_every_device_to_its_previous_mod
 
 
 def test_a_device_killed_mid_update_returns_after_the_rollback_to_the_old_model(
-        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:  # type: ignore[no-untyped-def]
+        procs: ProcessHarness, tmp_path: Path, tiny, golden) -> None:
     """edge-2 is SIGKILLed while it downloads support:2 (6 MB at 1 MB/s), is counted failed by
     the offline policy, and the rollout halts and rolls back. Started again after the rollback,
     it converges to support:1 like its neighbour, and never installs the rolled-back model."""

@@ -24,7 +24,7 @@ def _collect(pieces: int, *, streaming: bool = True, pause_after_first_s: float 
 
     async def run() -> list[list[str]]:
         stream = SimpleNamespace(cancelled=False)  # what the bridge reads of a Stream
-        bridge = Bridge(asyncio.get_running_loop(), stream, streaming=streaming)  # type: ignore[arg-type]
+        bridge = Bridge(asyncio.get_running_loop(), stream, streaming=streaming)
 
         def worker() -> None:
             for i in range(pieces):
