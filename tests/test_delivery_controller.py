@@ -8,6 +8,7 @@ controller's real registry; nothing is built (the build itself is tested in test
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -463,6 +464,19 @@ def test_blob_store_names_files_by_sha256_only_and_stores_each_once(tmp_path: Pa
     for bad in ("../../etc/passwd", "A" * 64, "0" * 63, ""):
         with pytest.raises(Invalid, match="sha256"):
             store.path(bad)
+
+
+def test_many_assignments_of_one_variant_at_once_all_get_its_blobs(tmp_path: Path) -> None:
+    """Assignments run in worker threads: eight ingesting the same new variant at once must
+    all succeed (each blob copied once), never see another's copy land mid-check as damage."""
+    source = _variant_dir(tmp_path / "v", os.urandom(4 * 2**20), b'{"vocab": 400}')
+    files = [VariantFile(p.name, p.stat().st_size, _sha(p.read_bytes())) for p in sorted(source.iterdir())]
+    for round_ in range(5):
+        store = BlobStore(tmp_path / f"blobs-{round_}")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _, s=store: s.ingest(source, files, "variant v"), range(8)))
+        assert all(r == results[0] for r in results)
+        assert store.count() == len(files)
 
 
 def test_the_check_records_golden_prompts_and_how_many_were_answered_exactly(tmp_path: Path) -> None:

@@ -95,6 +95,9 @@ class BlobStore:
         # match its recorded sha256 is remembered by inode, size, mtime and ctime.
         self._verified: dict[_StatKey, str] = {}
         self._lock = threading.Lock()
+        # One ingest of a blob at a time: assignments run in worker threads, and a second copy
+        # renamed over the first while a third thread checks it reads as damage.
+        self._placing: dict[str, threading.Lock] = {}
 
     def path(self, sha256: str) -> Path:
         """Where the blob ``sha256`` lives (whether or not it is there); Invalid for a bad sha."""
@@ -130,6 +133,12 @@ class BlobStore:
     def _ingest_one(self, source: Path, file: Recorded, what: str) -> None:
         if self._differs(source, file):
             raise SourceDamaged(source, file, what)
+        with self._lock:
+            placing = self._placing.setdefault(file.sha256, threading.Lock())
+        with placing:
+            self._place(source, file, what)
+
+    def _place(self, source: Path, file: Recorded, what: str) -> None:
         final = self.path(file.sha256)
         if final.exists():
             if self._differs(final, file):
