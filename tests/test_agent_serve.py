@@ -5,6 +5,7 @@ the `slmops-agent serve` command as a process."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import re
@@ -384,6 +385,34 @@ def test_health_and_requests_follow_loading_unloading_and_a_failed_load(
     finally:
         server.stop()
         slot.unload()
+
+
+def test_requests_through_many_model_swaps_all_succeed(tiny: variants.TinyVariants) -> None:
+    """A request that looked the model up just before a swap closed it asks the new model
+    instead of failing: clients never see 503 model_reloading across a switch."""
+    slot = ModelSlot(threads=1)
+    slot.load(tiny.fp32, name=MODEL, version="1")
+    server = ServerThread(slot, workers=2, max_queued=16)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set() and len(statuses) < 3000:
+            statuses.append(http(server, "/v1/chat/completions", _chat(max_tokens=2))[0])
+
+    clients = [threading.Thread(target=hammer) for _ in range(3)]
+    try:
+        for thread in clients:
+            thread.start()
+        for swap in range(40):
+            slot.load(tiny.int4 if swap % 2 == 0 else tiny.fp32, name=MODEL, version=str(swap + 2))
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+        server.stop()
+        slot.unload()
+    assert statuses and set(statuses) == {200}, collections.Counter(statuses)
 
 
 def test_metrics_and_stats_count_requests_tokens_and_latency(tiny: variants.TinyVariants) -> None:

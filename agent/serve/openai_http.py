@@ -36,6 +36,9 @@ from agent.serve.parse import GenerationRequest, parse_chat, parse_completion
 from agent.serve.sse import DONE, Chunks, event, usage
 
 log = logging.getLogger(__name__)
+# A request that finds the model it looked up swapped out (closed) before it started asks the
+# model now in place instead, for up to this long, before it answers 503 model_reloading.
+SWAP_RETRY_S = 5.0
 MAX_BODY = 4 << 20
 STARTED = web.RequestKey("slmops_started", float)  # perf_counter() when the request arrived
 CANCELLED = web.RequestKey("slmops_cancelled", bool)  # the client went away mid-answer
@@ -191,15 +194,19 @@ class Server:
     # -- generation ----------------------------------------------------------------------------
 
     async def _start(self, req: GenerationRequest, chat: bool) -> tuple[Loaded, Stream]:
-        loaded = self._loaded(req.model)
-        engine = loaded.engine
-        try:
-            prompt = (await asyncio.to_thread(engine.chat_prompt, req.messages or []) if chat
-                      else req.prompt or "")
-            return loaded, await asyncio.to_thread(engine.stream, prompt, req.params)
-        except EngineClosed as e:  # the model was swapped out between the lookup and now
-            raise ApiError(503, "The model is being replaced; retry.", code="model_reloading",
-                           headers={"Retry-After": "1"}) from e
+        deadline = time.monotonic() + SWAP_RETRY_S
+        while True:
+            loaded = self._loaded(req.model)
+            engine = loaded.engine
+            try:
+                prompt = (await asyncio.to_thread(engine.chat_prompt, req.messages or []) if chat
+                          else req.prompt or "")
+                return loaded, await asyncio.to_thread(engine.stream, prompt, req.params)
+            except EngineClosed as e:  # swapped out between the lookup and now
+                if self._loaded(req.model).engine is not engine and time.monotonic() < deadline:
+                    continue  # a newer model is in place: ask it
+                raise ApiError(503, "The model is being replaced; retry.", code="model_reloading",
+                               headers={"Retry-After": "1"}) from e
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         body = await self._json(request)
