@@ -108,6 +108,19 @@ def _v2_releases(ctl: RunningController, name: str) -> int:
                if (rec := ctl.store.get_release(r, device.id)) and rec.ref == "support:2")
 
 
+def test_a_rollout_of_an_older_version_takes_the_fleet_back_to_it(fleet: Fleet, tiny, golden) -> None:
+    """A rollout names its version: an operator rolling the fleet back to support:1 from
+    support:2 means it, so the devices take it instead of refusing a downgrade."""
+    _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
+    up = _until_state(fleet.ctl, _create(fleet.ctl).id, "succeeded", "halted", "rolled_back")
+    assert _state(up) == "succeeded", up.reason
+    down = _until_state(fleet.ctl, _create(fleet.ctl, model="support:1").id, "succeeded", "halted",
+                        "rolled_back")
+    assert _state(down) == "succeeded", down.reason
+    for name in NAMES:
+        assert _device(fleet.ctl, name).deployment.active_model == "support:1"
+
+
 def test_canary_then_waves_reach_every_device(fleet: Fleet, tiny, golden) -> None:
     _register(fleet.ctl, fleet.root / "v2", "support", tiny.int4, fleet.profile, golden)
     created = _create(fleet.ctl)

@@ -144,8 +144,10 @@ class WaveStepper:
                     self._offline_verdict(rollout, d, rollout.wave_started_ms, now)
                 continue
             try:
+                # A rollout names its version (NAME alone was pinned at creation): one older than
+                # what a device runs is the operator's intent, as with `devices assign NAME:V`.
                 self._releases.assign(device, rollout.model, now, rollout_id=rollout.id,
-                                      min_accuracy=_min_accuracy(rollout))
+                                      min_accuracy=_min_accuracy(rollout), downgrade=True)
             except Conflict:
                 continue  # recorded as assigned already (by a step before a restart)
             except (ReleaseRefused, NotFound) as e:
@@ -214,7 +216,7 @@ class WaveStepper:
                 if device is None or device.removed_at_ms:
                     continue
                 try:
-                    release = self._releases.assign(device, rollout.model, now,
+                    release = self._releases.assign(device, rollout.model, now, downgrade=True,
                                                     min_accuracy=_min_accuracy(rollout))
                 except (ReleaseRefused, NotFound) as e:
                     self._set(d, now, reason=f"{d.reason}; can't be assigned: {e}")
