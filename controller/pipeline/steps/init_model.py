@@ -1,5 +1,7 @@
 """init_model: a freshly initialised Llama of a named size (or a dict of its shape), on a
-tokenizer trained on a data file's texts or taken from another model.
+tokenizer trained on a data file's texts or taken from another model; or a smaller student cut
+from a pretrained teacher (``from_teacher``: the teacher's architecture, tokenizer and weights,
+with only some of its decoder layers).
 
 Output: ``model`` (a Hugging Face model directory, slmops.json kind "base").
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.pipeline.refs import DataRef, ModelRef
+from controller.pipeline.refs import AnyModelRef, DataRef, ModelRef
 from controller.pipeline.steps.base import Step, StepContext, StepError
 from controller.pipeline.steps.params import ParamError, param
 from controller.pipeline.steps.training import data_name, file_sha256
@@ -35,8 +37,24 @@ class InitModelParams:
     tokenizer_model: ModelRef | None = param(None, "reuse this model's tokenizer instead")
     vocab_size: int = param(2048, "largest tokenizer vocabulary (with tokenizer_from); a text with few "
                                   "distinct words fills fewer")
+    from_teacher: AnyModelRef | None = param(None, "cut the student from this pretrained model instead: "
+                                                   "its architecture, tokenizer and weights, with "
+                                                   "only some of its layers (size and the "
+                                                   "tokenizer parameters are then not used)")
+    keep_every: int = param(2, "with from_teacher: keep layers 0, k, 2k, ... and the last")
+    layers: list[int] = param(help="with from_teacher: exactly these teacher layers (0-based) "
+                                  "instead of keep_every", factory=list)
 
     def __post_init__(self) -> None:
+        if self.keep_every < 1:
+            raise ParamError("keep_every", f"must be at least 1, got {self.keep_every}")
+        if self.from_teacher is not None:
+            if self.tokenizer_from is not None or self.tokenizer_model is not None:
+                raise ParamError("from_teacher", "a student cut from a teacher keeps the teacher's "
+                                                 "tokenizer: drop tokenizer_from / tokenizer_model")
+            return
+        if self.layers:
+            raise ParamError("layers", "layers go with from_teacher")
         if (self.tokenizer_from is None) == (self.tokenizer_model is None):
             raise ParamError("tokenizer_from", "give exactly one of tokenizer_from (a data file) "
                                                "or tokenizer_model (a model reference)")
@@ -48,11 +66,14 @@ class InitModelParams:
 
 class InitModel(Step):
     name = "init_model"
-    summary = "build a randomly initialised Llama on a trained or borrowed tokenizer"
+    summary = ("build a randomly initialised Llama on a trained or borrowed tokenizer, or cut a "
+               "smaller student from a pretrained teacher")
     Params = InitModelParams
     outputs = {"model": "model"}
 
     def run(self, ctx: StepContext, params: InitModelParams) -> dict[str, Path]:
+        if params.from_teacher is not None:
+            return _from_teacher(ctx, params, params.from_teacher)
         from controller.pipeline.jsonl import read_jsonl
         from controller.pipeline.modelkit import build_model, train_tokenizer
 
@@ -92,3 +113,27 @@ def _vocab_size(tokenizer_dir: Path) -> int:
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
     return len(spec["model"]["vocab"]) + sum(1 for t in spec.get("added_tokens", [])
                                              if t["content"] not in spec["model"]["vocab"])
+
+
+def _from_teacher(ctx: StepContext, params: InitModelParams, ref: str) -> dict[str, Path]:
+    from controller.pipeline.modelkit import count_params, load_model
+    from controller.pipeline.modelkit.shrink import every_kth, shrink
+
+    out = ctx.dir / "model"
+    teacher = ctx.model(ref)
+    if not (out / "config.json").is_file():
+        ctx.events.log(f"{ctx.task()}: loading the teacher {ref}")
+        model, tokenizer = load_model(teacher.source, device="cpu", events=ctx.events)
+        if teacher.kind == "adapter":
+            model = model.merge_and_unload()  # the student starts from the adapted weights
+        total = int(model.config.num_hidden_layers)
+        keep = list(params.layers) or every_kth(total, params.keep_every)
+        kept = shrink(model, tokenizer, keep, out)
+        ctx.events.log(f"{ctx.task()}: student of {len(kept['kept_layers'])} of the teacher's "
+                       f"{total} layers ({kept['kept_layers']}), {count_params(model) / 1e6:.1f} M "
+                       "parameters in the teacher")
+        ctx.info["kept_layers"] = kept["kept_layers"]
+    ctx.lineage["model"] = {"kind": "base", "from_teacher": teacher.lineage(),
+                            "kept_layers": ctx.info.get("kept_layers") or list(params.layers)
+                            or f"every {params.keep_every}"}
+    return {"model": out}
