@@ -37,7 +37,12 @@ SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 class TemplateError(ValueError):
-    """The template can't be compiled, or can't render these messages; the message says why."""
+    """The template can't be compiled, or can't render these messages; the message says why and
+    ``field`` names the part of the request at fault (OpenAI's ``param``)."""
+
+    def __init__(self, message: str, field: str = "messages") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class _Generation(Extension):
@@ -82,6 +87,10 @@ def _private_names(tree: nodes.Template) -> list[str]:
         if isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str) \
                 and item.arg.value.startswith("_"):
             found.append(item.arg.value)
+    for call in tree.find_all(nodes.Filter):  # value | attr('__class__')
+        if call.name == "attr" and call.args and isinstance(call.args[0], nodes.Const) \
+                and str(call.args[0].value).startswith("_"):
+            found.append(str(call.args[0].value))
     return found
 
 
@@ -128,7 +137,8 @@ class ChatTemplate:
         for index, message in enumerate(messages):
             if _marker(index) not in probed:
                 raise TemplateError(f"the chat template does not render a {message.get('role')!r} message "
-                                    f"(messages[{index}]); it would be dropped from the prompt")
+                                    f"(messages[{index}]); it would be dropped from the prompt",
+                                    field=f"messages[{index}].role")
         return text
 
 

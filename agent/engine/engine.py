@@ -198,7 +198,7 @@ class Engine:
             return self._template.render(plain, add_generation_prompt=add_generation_prompt)
         except TemplateError as e:
             source = self.info.chat_template_file or "tokenizer_config.json"
-            raise ParamError("messages", f"model {self.info.name}'s chat template ({source}): {e}") from e
+            raise ParamError(e.field, f"model {self.info.name}'s chat template ({source}): {e}") from e
 
     def stream(self, prompt: str, params: SamplingParams) -> Stream:
         """Start a generation (nothing runs until the first ``next``). Raises ParamError if the
