@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 from chat_templates import TEMPLATES
 from test_agent_serve import ServerThread, http
@@ -23,7 +24,8 @@ SYSTEM = {"role": "system", "content": "You are a careful assistant for a shop. 
 CONVERSATIONS = {
     "user": [{"role": "user", "content": "What is the capital of France?"}],
     "system-user": [SYSTEM, {"role": "user", "content": "  Where is my order #4880?  "}],
-    "multi-turn": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"},
+    "multi-turn": [{"role": "user", "content": "Hi!"},
+                   {"role": "assistant", "content": "Hello, how can I help?"},
                    {"role": "user", "content": "Tell me a joke about \"quotes\" & <tags>."}],
     "system-multi-turn": [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey."},
                           {"role": "user", "content": "Ünïcode — 日本語?"}],
@@ -37,7 +39,7 @@ def _both(tokenizer: PreTrainedTokenizerFast, agent_tokenizer: Tokenizer, templa
     try:
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
                                                  **specials)
-    except Exception as e:  # jinja2's TemplateError from raise_exception
+    except jinja2.TemplateError as e:  # from the template's raise_exception
         with pytest.raises(TemplateError, match=str(e).split("...")[0].replace("(", r"\(")):
             template.render(messages, add_generation_prompt=generation)
         return
@@ -78,14 +80,16 @@ def test_the_engine_prompts_a_smollm2_variant_token_for_token_as_transformers(sm
     try:
         for messages in CONVERSATIONS.values():
             prompt = engine.chat_prompt(messages)
-            assert prompt == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            assert prompt == expected
             assert engine.encode(prompt) == list(tokenizer.apply_chat_template(messages,
                                                                                add_generation_prompt=True))
     finally:
         engine.close()
 
 
-def _with_template(variant: Path, out: Path, *, jinja: str | None = None, config_template: Any = None) -> Path:
+def _with_template(variant: Path, out: Path, *, jinja: str | None = None,
+                   config_template: Any = None) -> Path:
     """A copy of ``variant`` (its big files linked) with another chat template."""
     out.mkdir()
     for f in variant.iterdir():
@@ -108,7 +112,8 @@ def test_the_template_comes_from_chat_template_jinja_or_tokenizer_config(smollm2
         {"name": "tool_use", "template": "{{ raise_exception('no') }}"},
         {"name": "default", "template": TEMPLATES["gemma-3-it"][0]}])
     info = check_variant(named)
-    assert info.chat_template == TEMPLATES["gemma-3-it"][0] and info.chat_template_file == "tokenizer_config.json"
+    assert info.chat_template == TEMPLATES["gemma-3-it"][0]
+    assert info.chat_template_file == "tokenizer_config.json"
 
 
 @pytest.mark.parametrize("source", ["{{ messages.__class__.__mro__ }}",
@@ -136,8 +141,9 @@ def _chat(server: ServerThread, messages: list[dict[str, str]]) -> tuple[int, di
 def test_the_openai_endpoint_renders_system_messages_and_refuses_what_a_template_cannot_render(
         smollm2_int4: Path, tmp_path: Path) -> None:
     user = {"role": "user", "content": "What is the capital of France?"}
+    gemma_2 = TEMPLATES["gemma-2-it"][0]
     variants = {"smollm2": smollm2_int4,
-                "gemma-2": _with_template(smollm2_int4, tmp_path / "gemma2", jinja=TEMPLATES["gemma-2-it"][0]),
+                "gemma-2": _with_template(smollm2_int4, tmp_path / "gemma2", jinja=gemma_2),
                 "slmops": _with_template(smollm2_int4, tmp_path / "slmops", jinja=(
                     "{% for message in messages %}{% if message['role'] == 'user' %}<|user|>\n"
                     "{{ message['content'] }}\n{% elif message['role'] == 'assistant' %}<|assistant|>\n"
