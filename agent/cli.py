@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from google.protobuf import json_format
@@ -220,7 +220,8 @@ def _parse_listen(value: str) -> tuple[str, int]:
               help="HOST:PORT of the gRPC InferenceService ('' for none)")
 @click.option("--api-key", default="", envvar="SLMOPS_API_KEY",
               help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
-@click.option("--name", default="", help="the model id clients send (default: the directory's name)")
+@click.option("--name", default="", help="the model id clients send (default: the registered model's name "
+              "from the variant's slmops-variant.json, else the directory's name)")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
               help="generations that run at once")
 @click.option("--max-queued", type=click.IntRange(0), default=64, show_default=True,
@@ -348,3 +349,62 @@ def _install_bundle_locked(bundle: Path, data_dir: Path, identity: Identity, as_
                    + (f": {info['reason']}" if info["reason"] else ""))
     if phase not in (DeploymentPhase.ACTIVE, DeploymentPhase.ROLLED_BACK):
         sys.exit(EXIT_REFUSED)
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="a variant directory (genai_config.json, model.onnx, tokenizer.json)")
+@click.option("--system", default="",
+              help="a system prompt (refused if the model's template has no system turn)")
+@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True, help="per answer")
+@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.7, show_default=True,
+              help="0 answers greedily")
+@click.option("--message", default=None, help="with --json: the user message (default: read from stdin)")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="onnxruntime threads (default: one per core)")
+@click.option("--json", "as_json", is_flag=True,
+              help="answer one message (--message or stdin) and print the answer and usage as JSON")
+def chat(model_dir: Path, system: str, max_tokens: int, temperature: float, message: str | None,
+         threads: int | None, as_json: bool) -> None:
+    """Talk to a model variant in the terminal, streaming, with the conversation's history.
+    Ctrl-D or /exit leaves."""
+    from agent.chat_cli import interactive, one_shot
+    from agent.engine import Engine, ParamError, SamplingParams, VariantError
+
+    try:
+        engine = Engine.load(model_dir, threads=threads)
+    except VariantError as e:
+        _fail(str(e), EXIT_USAGE, as_json)
+        return
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
+    name, version = registered_name_of(model_dir)
+
+    def respond(messages: list[dict[str, str]]) -> Any:
+        return engine.stream(engine.chat_prompt(messages), params)
+
+    try:
+        if as_json:
+            text = message if message is not None else sys.stdin.read()
+            if not text.strip():
+                _fail("no message: pass --message TEXT or write it to stdin", EXIT_USAGE, as_json)
+                return
+            click.echo(json.dumps(one_shot(respond, name, text.strip(), system)))
+            return
+        click.echo(f"{name} ({engine.info.precision}); Ctrl-D or /exit to leave", err=True)
+        interactive(respond, system, lambda: input("> "), sys.stdout)
+    except ParamError as e:
+        _fail(f"{e.field}: {e.message}", EXIT_USAGE, as_json)
+    finally:
+        engine.close()
+
+
+def registered_name_of(model_dir: Path) -> tuple[str, str]:
+    """The served name of a variant (NAME:VERSION from its slmops-variant.json, else the
+    directory's name) and its version."""
+    from agent.engine.variant import VariantError, registered_name
+
+    try:
+        name, version = registered_name(model_dir)
+    except VariantError:
+        name, version = "", ""
+    return (f"{name}:{version}" if name and version else name or Path(model_dir).resolve().name), version

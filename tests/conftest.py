@@ -67,6 +67,15 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm2_int4(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct built into an int4 onnxruntime-genai variant by the real model
+    builder (as `slmops build` does for a cpu-int4 profile): about 10 s, 200 MB."""
+    from variants import build_variant
+
+    return build_variant(smollm2_dir, tmp_path_factory.mktemp("smollm2-int4") / "cpu-int4", "int4")
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A directory on a 32 MB tmpfs of its own, unmounted at teardown. Request it before

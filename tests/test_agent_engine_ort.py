@@ -243,51 +243,48 @@ CONVERSATIONS = [
 ]
 
 
-def test_chat_templates_of_the_simple_family_render_as_jinja_does(tiny: variants.TinyVariants,
-                                                                   llama: Engine) -> None:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment  # transformers' renderer
-    from transformers import AutoTokenizer
+def test_chat_templates_render_as_transformers_does(tiny: variants.TinyVariants, llama: Engine) -> None:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tokenizer = AutoTokenizer.from_pretrained(tiny.model_dir)
     for messages in CONVERSATIONS:
+        if messages[0]["role"] == "system":  # slmops' own template has no system turn: refused, not dropped
+            with pytest.raises(ParamError, match="'system'"):
+                llama.chat_prompt(messages)
+            continue
         assert llama.chat_prompt(messages) == tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True)
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    specials = {"bos_token": "<s>", "eos_token": "</s>"}
+    other = PreTrainedTokenizerFast(tokenizer_file=str(tiny.model_dir / "tokenizer.json"), **specials)
     for source in (CHATML, ZEPHYR):
+        other.chat_template = source
         for messages in CONVERSATIONS:
             for generation in (True, False):
-                specials = {"bos_token": "<s>", "eos_token": "</s>", "add_generation_prompt": generation}
-                expected = env.from_string(source).render(messages=messages, **specials)
-                assert ChatTemplate(source).render(messages, **specials) == expected
+                expected = other.apply_chat_template(messages, tokenize=False,
+                                                     add_generation_prompt=generation)
+                rendered = ChatTemplate(source, specials).render(messages, add_generation_prompt=generation)
+                assert rendered == expected
 
 
-@pytest.mark.parametrize(("source", "met"), [
-    ("{% for message in messages %}{% if loop.first %}x{% endif %}{% endfor %}", "loop.first"),
-    ("{% set system = messages[0] %}", "set system"),
-    ("{{ raise_exception('no') }}", "raise_exception"),
-    ("{% for message in messages %}{{ message['name'] }}{% endfor %}", "message['name']"),
-    ("{% if add_generation_prompt %}x", "endif"),
+@pytest.mark.parametrize(("source", "message"), [
+    ("{% if add_generation_prompt %}x", "not valid Jinja"),
+    ("{{ raise_exception('no tools here') }}", "refused these messages: no tools here"),
+    ("{{ messages[0].content.__class__ }}", "sandbox forbids"),
 ])
-def test_other_templates_are_refused_saying_what_was_met(source: str, met: str) -> None:
-    with pytest.raises(TemplateError, match=met.replace("[", r"\[")):
-        ChatTemplate(source)
+def test_templates_that_fail_say_why(source: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        ChatTemplate(source).render([{"role": "user", "content": "hi"}])
 
 
-def test_a_variant_whose_template_cannot_be_rendered_serves_completions_and_names_the_file(
+def test_a_variant_whose_template_does_not_compile_fails_to_load_naming_the_file(
         built: Fallbacks, tmp_path: Path) -> None:
     root = variants.copy_variant(built.llama, tmp_path / "variant")
     (root / "chat_template.jinja").unlink()
     config = json.loads((root / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{% for message in messages %}{{ message['content'] | upper }}{% endfor %}"
+    config["chat_template"] = "{% for message in messages %}{{ message['content'] | upper }}"
     (root / "tokenizer_config.json").write_text(json.dumps(config))
-    engine = Engine.load(root, threads=1)
-    try:
-        with pytest.raises(ParamError) as caught:
-            chat_prompt(engine, "hi")
-        assert caught.value.field == "messages" and str(root / "tokenizer_config.json") in str(caught.value)
-        assert engine.complete("<|user|>\nhi\n<|assistant|>\n", params(max_tokens=4)).completion_tokens > 0
-    finally:
-        engine.close()
+    with pytest.raises(VariantError, match=str(root / "tokenizer_config.json") + ": .*not valid Jinja"):
+        Engine.load(root, threads=1)
 
 
 # -- a damaged variant fails to load, naming the file ---------------------------------------------

@@ -1,262 +1,164 @@
-"""Chat templates of the simple kind, rendered without Jinja, for the plain onnxruntime runtime.
+"""A model's chat template, rendered as transformers' ``apply_chat_template`` renders it.
 
-onnxruntime-genai renders a variant's template itself, but its Tokenizer exists only beside a
-loaded og.Model, and the agent has no Jinja. This module renders the family of templates that
-slmops trains (controller/pipeline/chat.py) and many others share: one loop over the messages,
-``if``/``elif``/``else`` on the role, text and ``{{ ... }}`` outputs joining string literals,
-``message['role']`` / ``message['content']`` (``| trim`` allowed), ``bos_token`` and
-``eos_token`` with ``+``, and the ``add_generation_prompt`` block. Whitespace is handled as
-transformers renders templates (``trim_blocks``, ``lstrip_blocks``, ``{%-`` / ``-%}``), so the
-output is the same, byte for byte. Anything else (``set``, macros, ``loop``, tools, other
-filters) raises :class:`TemplateError` saying what it met.
+The environment is transformers' (``transformers.utils.chat_template_utils``), rebuilt here
+because the agent never imports transformers: jinja2's ``ImmutableSandboxedEnvironment`` with
+``trim_blocks`` and ``lstrip_blocks``, the ``loopcontrols`` extension, a ``{% generation %}``
+block (transformers tracks assistant tokens with it; rendering only needs its body), the
+``raise_exception`` and ``strftime_now`` globals, and a ``tojson`` filter that does not escape
+HTML and takes ``indent`` / ``ensure_ascii`` / ``separators`` / ``sort_keys``. The template gets
+what transformers passes it: ``messages``, ``tools`` and ``documents`` (None),
+``add_generation_prompt`` and the tokenizer's special tokens (``bos_token``, ``eos_token``,
+``unk_token``, ``pad_token`` from tokenizer_config.json).
+
+Two checks transformers does not make, so a conversation is never changed silently:
+
+- a template that reads an attribute or key starting with ``_`` (``__class__``, ...: the sandbox
+  forbids them) is refused when it is compiled, so such a model fails to load;
+- :meth:`ChatTemplate.render` renders the conversation a second time with a unique marker as
+  each message's content and raises :class:`TemplateError` naming the role of any message whose
+  marker is missing (a template with no branch for ``system`` or ``tool`` drops those).
 """
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-_TAG = re.compile(r"\{\{(-?)(.*?)(-?)\}\}|\{%([-+]?)(.*?)(-?)%\}|\{#([-+]?)(.*?)(-?)#\}", re.S)
-_TOKEN = re.compile(r"""\s*(?:('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")  # a string
-                       |([A-Za-z_]\w*)|(==|!=|[\[\].+|]))""", re.S | re.X)
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
-MESSAGE_KEYS = ("role", "content")
-GLOBALS = ("bos_token", "eos_token")
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from agent.engine.variant import REBUILD, TOKENIZER_CONFIG, VariantError, VariantInfo, token_text
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 class TemplateError(ValueError):
-    """A template outside the family this module renders; the message says what it met."""
+    """The template can't be compiled, or can't render these messages; the message says why and
+    ``field`` names the part of the request at fault (OpenAI's ``param``)."""
+
+    def __init__(self, message: str, field: str = "messages") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-@dataclass(frozen=True)
-class _Value:  # a string literal, message[key] or a global, optionally trimmed
-    literal: str | None = None
-    key: str | None = None  # message key
-    name: str | None = None  # global
-    trim: bool = False
+class _Generation(Extension):
+    """``{% generation %}...{% endgeneration %}``: renders its body (transformers' AssistantTracker
+    also records where it is, for assistant-token masks, which serving does not need)."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body).set_lineno(lineno)
 
 
-@dataclass(frozen=True)
-class _Output:
-    terms: tuple[_Value, ...]
+def _raise_exception(message: str) -> str:
+    raise jinja2.exceptions.TemplateError(message)
 
 
-@dataclass(frozen=True)
-class _Cond:  # add_generation_prompt, or left ==/!= right
-    left: tuple[_Value, ...] = ()
-    op: str = ""
-    right: tuple[_Value, ...] = ()
-    negate: bool = False
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
 
 
-@dataclass(frozen=True)
-class _If:
-    branches: tuple[tuple[_Cond, tuple[_Node, ...]], ...]
-    otherwise: tuple[_Node, ...]
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
 
 
-@dataclass(frozen=True)
-class _For:
-    body: tuple[_Node, ...]
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_Generation, loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
 
 
-_Node = str | _Output | _If | _For
+def _private_names(tree: nodes.Template) -> list[str]:
+    """Attributes and constant keys starting with ``_`` that the template reads."""
+    found = [node.attr for node in tree.find_all(nodes.Getattr) if node.attr.startswith("_")]
+    for item in tree.find_all(nodes.Getitem):
+        if isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str) \
+                and item.arg.value.startswith("_"):
+            found.append(item.arg.value)
+    for call in tree.find_all(nodes.Filter):  # value | attr('__class__')
+        if call.name == "attr" and call.args and isinstance(call.args[0], nodes.Const) \
+                and str(call.args[0].value).startswith("_"):
+            found.append(str(call.args[0].value))
+    return found
 
 
-def _lex(source: str) -> list[tuple[str, str]]:
-    """[(kind, text)]: kind "text", "out" or "stmt"; whitespace control already applied."""
-    items: list[list[str]] = []
-    at = 0
-    for match in _TAG.finditer(source):
-        items.append(["text", source[at:match.start()]])
-        if match.group(2) is not None:
-            kind, before, body, after = "out", match.group(1), match.group(2), match.group(3)
-        elif match.group(5) is not None:
-            kind, before, body, after = "stmt", match.group(4), match.group(5), match.group(6)
-        else:
-            kind, before, body, after = "comment", match.group(7), match.group(8), match.group(9)
-        text = items[-1][1]
-        if before == "-":
-            text = text.rstrip()
-        elif kind != "out" and before != "+":  # lstrip_blocks: a block tag alone at a line's start
-            line_start = text.rfind("\n") + 1
-            if not text[line_start:].strip(" \t"):
-                text = text[:line_start]
-        items[-1][1] = text
-        items.append([kind, body.strip(), after])
-        at = match.end()
-    items.append(["text", source[at:]])
-    out: list[tuple[str, str]] = []
-    for index, item in enumerate(items):
-        if item[0] == "text":
-            text = item[1]
-            if index and items[index - 1][2] == "-":
-                text = text.lstrip()
-            elif index and items[index - 1][0] != "out" and text.startswith(("\n", "\r\n")):
-                text = text[text.index("\n") + 1:]  # trim_blocks
-            if text:
-                out.append(("text", text))
-        elif item[0] != "comment":
-            out.append((item[0], item[1]))
-    return out
-
-
-def _tokens(expr: str) -> list[str]:
-    tokens, at = [], 0
-    while at < len(expr.rstrip()):
-        match = _TOKEN.match(expr, at)
-        if not match:
-            raise TemplateError(f"unsupported expression {expr!r}")
-        tokens.append(match.group(match.lastindex or 0))
-        at = match.end()
-    return tokens
-
-
-def _literal(token: str) -> str:
-    body, out, at = token[1:-1], [], 0
-    while at < len(body):
-        if body[at] == "\\":
-            if body[at + 1:at + 2] not in _ESCAPES:
-                raise TemplateError(f"unsupported escape in the string {token}")
-            out.append(_ESCAPES[body[at + 1]])
-            at += 2
-        else:
-            out.append(body[at])
-            at += 1
-    return "".join(out)
-
-
-def _terms(tokens: list[str], expr: str) -> tuple[_Value, ...]:
-    """``term (+ term)*`` where a term is a string, message[key], message.key or a global."""
-    terms: list[_Value] = []
-    while True:
-        if not tokens:
-            raise TemplateError(f"unsupported expression {expr!r}")
-        token = tokens.pop(0)
-        if token[0] in "'\"":
-            value = _Value(literal=_literal(token))
-        elif token == "message" and tokens[:1] == ["["] and len(tokens) > 2 and tokens[2] == "]":
-            value = _Value(key=_literal(tokens[1]) if tokens[1][0] in "'\"" else "?")
-            del tokens[:3]
-        elif token == "message" and tokens[:1] == ["."] and len(tokens) > 1:
-            value = _Value(key=tokens[1])
-            del tokens[:2]
-        elif token in GLOBALS:
-            value = _Value(name=token)
-        else:
-            raise TemplateError(f"unsupported expression {expr!r} (at {token!r})")
-        if value.key is not None and value.key not in MESSAGE_KEYS:
-            raise TemplateError(f"unsupported expression {expr!r}: only message['role'] and "
-                                "message['content'] are known")
-        if tokens[:2] == ["|", "trim"]:
-            value = _Value(value.literal, value.key, value.name, trim=True)
-            del tokens[:2]
-        terms.append(value)
-        if tokens[:1] != ["+"]:
-            return tuple(terms)
-        tokens.pop(0)
-
-
-def _expression(expr: str) -> _Output:
-    tokens = _tokens(expr)
-    terms = _terms(tokens, expr)
-    if tokens:
-        raise TemplateError(f"unsupported expression {expr!r}")
-    return _Output(terms)
-
-
-def _condition(expr: str) -> _Cond:
-    tokens = _tokens(expr)
-    negate = tokens[:1] == ["not"]
-    if tokens[int(negate):] == ["add_generation_prompt"]:
-        return _Cond(negate=negate)
-    left = _terms(tokens, expr)
-    if not tokens or tokens[0] not in ("==", "!="):
-        raise TemplateError(f"unsupported condition {expr!r}")
-    op = tokens.pop(0)
-    right = _terms(tokens, expr)
-    if tokens:
-        raise TemplateError(f"unsupported condition {expr!r}")
-    return _Cond(left, op, right)
-
-
-def _parse(items: list[tuple[str, str]], at: int,
-           ends: tuple[str, ...]) -> tuple[tuple[_Node, ...], int, str]:
-    """Nodes from ``items[at:]`` up to a statement starting with one of ``ends``."""
-    nodes: list[_Node] = []
-    while at < len(items):
-        kind, text = items[at]
-        at += 1
-        if kind == "text":
-            nodes.append(text)
-        elif kind == "out":
-            nodes.append(_expression(text))
-        elif (text.split(maxsplit=1) or [""])[0] in ends:
-            return tuple(nodes), at, text
-        elif re.fullmatch(r"for\s+message\s+in\s+messages", text):
-            body, at, _ = _parse(items, at, ("endfor",))
-            nodes.append(_For(body))
-        elif text.startswith("if "):
-            branches, cond = [], _condition(text[3:])
-            while True:
-                body, at, end = _parse(items, at, ("elif", "else", "endif"))
-                branches.append((cond, body))
-                if not end.startswith("elif"):
-                    break
-                cond = _condition(end[5:])
-            otherwise: tuple[_Node, ...] = ()
-            if end == "else":
-                otherwise, at, _ = _parse(items, at, ("endif",))
-            nodes.append(_If(tuple(branches), otherwise))
-        else:
-            raise TemplateError(f"unsupported statement {{% {text} %}}")
-    if ends:
-        raise TemplateError(f"the template ends before {{% {ends[-1]} %}}")
-    return tuple(nodes), at, ""
+def _marker(index: int) -> str:
+    return f"slmopsmsg{index}x7q"  # one word: survives trim, split, replace of whitespace
 
 
 class ChatTemplate:
-    def __init__(self, source: str) -> None:
-        """Parse ``source``; raises TemplateError when it is not of the family above."""
+    def __init__(self, source: str, special_tokens: Mapping[str, str] | None = None) -> None:
+        """Compile ``source``; raises TemplateError on a syntax error or a forbidden name."""
+        env = _environment()
+        try:
+            tree = env.parse(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"the chat template is not valid Jinja (line {e.lineno}: {e.message})") from e
+        private = _private_names(tree)
+        if private:
+            raise TemplateError(f"the chat template reads {', '.join(sorted(set(private)))}, which the "
+                                "sandbox forbids (names starting with '_' reach Python internals)")
         self.source = source
-        self._nodes, _, _ = _parse(_lex(source), 0, ())
+        # as transformers' special_tokens_map: only the tokens the tokenizer has
+        self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if k in SPECIAL_TOKENS and v}
+        self._template = env.from_string(source)
 
-    def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True,
-               bos_token: str = "", eos_token: str = "") -> str:
-        scope = {"bos_token": bos_token, "eos_token": eos_token}
-        out: list[str] = []
-        self._render(self._nodes, messages, None, scope, add_generation_prompt, out)
-        return "".join(out)
+    def _render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> str:
+        try:
+            return self._template.render(messages=[dict(m) for m in messages], tools=None, documents=None,
+                                         add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        except jinja2.TemplateError as e:  # raise_exception, SecurityError, UndefinedError
+            raise TemplateError(f"the chat template refused these messages: {e.message or e}") from e
+        except (TypeError, ValueError, LookupError, AttributeError) as e:
+            raise TemplateError(f"the chat template failed on these messages "
+                                f"({type(e).__name__}: {e})") from e
 
-    def _render(self, nodes: Sequence[_Node], messages: Sequence[Mapping[str, str]],
-                message: Mapping[str, str] | None, scope: Mapping[str, str], generation: bool,
-                out: list[str]) -> None:
-        def value(terms: tuple[_Value, ...]) -> str:
-            parts = []
-            for term in terms:
-                if term.key is not None:
-                    if message is None:
-                        raise TemplateError("the template reads message outside the loop over messages")
-                    text = str(message.get(term.key, ""))
-                else:
-                    text = term.literal if term.literal is not None else scope[term.name or ""]
-                parts.append(text.strip() if term.trim else text)
-            return "".join(parts)
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text of ``messages`` (each with ``role`` and ``content``). Raises
+        TemplateError with the template's own message, or naming a message it leaves out."""
+        text = self._render(messages, add_generation_prompt)
+        probes = [{**m, "content": _marker(i)} for i, m in enumerate(messages)]
+        try:
+            probed = self._render(probes, add_generation_prompt)
+        except TemplateError:
+            return text  # the template reads the content itself (parses it...): nothing to check
+        for index, message in enumerate(messages):
+            if _marker(index) not in probed:
+                raise TemplateError(f"the chat template does not render a {message.get('role')!r} message "
+                                    f"(messages[{index}]); it would be dropped from the prompt",
+                                    field=f"messages[{index}].role")
+        return text
 
-        def holds(cond: _Cond) -> bool:
-            if not cond.op:
-                return generation != cond.negate
-            return (value(cond.left) == value(cond.right)) == (cond.op == "==")
 
-        for node in nodes:
-            if isinstance(node, str):
-                out.append(node)
-            elif isinstance(node, _Output):
-                out.append(value(node.terms))
-            elif isinstance(node, _For):
-                for each in messages:
-                    self._render(node.body, messages, each, scope, generation, out)
-            else:
-                body = next((b for cond, b in node.branches if holds(cond)), node.otherwise)
-                self._render(body, messages, message, scope, generation, out)
+def variant_template(info: VariantInfo) -> ChatTemplate | None:
+    """The variant's chat template (chat_template.jinja, else tokenizer_config.json's
+    ``chat_template``, as check_variant found it) with the special tokens of its
+    tokenizer_config.json; None if it has none. Raises VariantError naming the file."""
+    if info.chat_template is None:
+        return None
+    config_path = info.path / TOKENIZER_CONFIG
+    config: Any = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VariantError(f"{config_path} is not valid JSON ({e}); {REBUILD}") from e
+    config = config if isinstance(config, dict) else {}
+    specials = {key: token_text(config.get(key)) for key in SPECIAL_TOKENS}
+    try:
+        return ChatTemplate(info.chat_template, specials)
+    except TemplateError as e:
+        raise VariantError(f"{info.path / (info.chat_template_file or TOKENIZER_CONFIG)}: {e}; fix the "
+                           "template there, or rebuild the variant from a model with a working one") from e

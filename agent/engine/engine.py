@@ -23,12 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.engine.chat_template import ChatTemplate, TemplateError, variant_template
 from agent.engine.detok import Detokenizer
 from agent.engine.sampling import ParamError, SamplingParams
 from agent.engine.stops import StopMatcher
 from agent.engine.variant import RUNTIME_ORT, VariantInfo, check_variant
 
-ROLES = ("system", "user", "assistant")
+ROLE_MAX = 64  # characters; which roles render is the chat template's business
 
 
 class EngineClosed(RuntimeError):
@@ -59,7 +60,7 @@ class Generation(Protocol):
 
 class Runtime(Protocol):
     """What the engine needs of a loaded variant (genai_runtime.GenaiRuntime,
-    ort_runtime.OrtRuntime). ``encode``, ``decode`` and ``chat_prompt`` are called under the
+    ort_runtime.OrtRuntime). ``encode`` and ``decode`` are called under the
     engine's lock; ``start`` returns a callable that makes the generation in the thread that
     will run it, after ``params`` were checked and ``params.max_tokens`` resolved."""
 
@@ -70,8 +71,6 @@ class Runtime(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def detokenizer(self) -> Detokenizer: ...
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
 
     def start(self, prompt_ids: Sequence[int], params: SamplingParams) -> Callable[[], Generation]: ...
 
@@ -134,10 +133,11 @@ class Stream(Iterator[Piece]):
 
 
 class Engine:
-    def __init__(self, info: VariantInfo, runtime: Runtime) -> None:
+    def __init__(self, info: VariantInfo, runtime: Runtime, template: ChatTemplate | None = None) -> None:
         self.info = info
         self._runtime: Runtime | None = runtime
-        self._lock = threading.Lock()  # the tokenizer's encode/decode/template
+        self._template = template
+        self._lock = threading.Lock()  # the tokenizer's encode/decode
         self._eos = runtime.eos_token_ids
 
     @classmethod
@@ -147,6 +147,7 @@ class Engine:
         onnxruntime-genai's own default is one thread, which leaves half of a 2-core device idle
         and decodes about 40 % slower there)."""
         info = check_variant(Path(variant_dir))
+        template = variant_template(info)  # before the weights: a bad template fails the load fast
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         threads = threads or usable_cores()
@@ -154,10 +155,10 @@ class Engine:
         if info.runtime == RUNTIME_ORT:
             from agent.engine.ort_runtime import OrtRuntime
 
-            return cls(info, OrtRuntime.load(info, threads))
+            return cls(info, OrtRuntime.load(info, threads), template)
         from agent.engine.genai_runtime import GenaiRuntime
 
-        return cls(info, GenaiRuntime.load(info, threads))
+        return cls(info, GenaiRuntime.load(info, threads), template)
 
     def _live(self) -> Runtime:
         runtime = self._runtime
@@ -182,17 +183,22 @@ class Engine:
         ``flush`` at the end."""
         return self._live().detokenizer()
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
         """The prompt text for chat ``messages`` in the model's own chat template (the variant's
-        chat_template.jinja or tokenizer_config.json), ending with the assistant's turn. Content
-        may be a string or OpenAI's list of {"type": "text", "text": ...} parts."""
-        runtime = self._live()
-        if self.info.chat_template is None:
+        chat_template.jinja or tokenizer_config.json), rendered as transformers renders it,
+        ending with the assistant's turn. Content may be a string or OpenAI's list of
+        {"type": "text", "text": ...} parts. Raises ParamError with the template's own message
+        when it refuses the messages or would leave one out (a role it has no branch for)."""
+        self._live()
+        if self._template is None:
             raise ParamError("messages", f"model {self.info.name} has no chat template; send the "
                              "prompt text to /v1/completions instead")
         plain = [{"role": role, "content": text} for role, text in _check_messages(messages)]
-        with self._lock:
-            return runtime.chat_prompt(plain)
+        try:
+            return self._template.render(plain, add_generation_prompt=add_generation_prompt)
+        except TemplateError as e:
+            source = self.info.chat_template_file or "tokenizer_config.json"
+            raise ParamError(e.field, f"model {self.info.name}'s chat template ({source}): {e}") from e
 
     def stream(self, prompt: str, params: SamplingParams) -> Stream:
         """Start a generation (nothing runs until the first ``next``). Raises ParamError if the
@@ -238,9 +244,9 @@ def _check_messages(messages: Any) -> list[tuple[str, str]]:
         if not isinstance(message, dict):
             raise ParamError(f"messages[{index}]", "each message must be an object with role and content")
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise ParamError(f"messages[{index}].role",
-                             f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(role, str) or not role or len(role) > ROLE_MAX:
+            raise ParamError(f"messages[{index}].role", f"role must be a non-empty string of at most "
+                             f"{ROLE_MAX} characters (system, user, assistant, ...), got {role!r}")
         if isinstance(content, list):
             parts = [p.get("text") if isinstance(p, dict) and p.get("type") == "text" else None
                      for p in content]

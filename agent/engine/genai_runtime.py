@@ -1,5 +1,5 @@
 """An onnxruntime-genai variant behind the engine's runtime interface (engine.Runtime): the
-og.Model and og.Tokenizer, the model's chat template rendered by onnxruntime-genai, and one
+og.Model and og.Tokenizer (the engine renders the chat template, chat_template.py), and one
 og.Generator (its own KV cache) per generation.
 
 Threading: onnxruntime-genai runs separate generators of one model from separate threads and
@@ -15,7 +15,7 @@ from typing import Any
 import onnxruntime_genai as og
 
 from agent.engine.detok import ByteLevelDecoder, Detokenizer, GenaiStream
-from agent.engine.sampling import ParamError, SamplingParams
+from agent.engine.sampling import SamplingParams
 from agent.engine.variant import REBUILD, TOKENIZER, VariantError, VariantInfo
 
 ADAPTER_NAME = "variant"  # the one adapter a variant may carry, as og.Adapters knows it
@@ -85,14 +85,6 @@ class GenaiRuntime:
 
     def detokenizer(self) -> Detokenizer:
         return self._decoder.stream() if self._decoder is not None else GenaiStream(self._tokenizer)
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        try:
-            prompt: str = self._tokenizer.apply_chat_template(
-                json.dumps(messages), add_generation_prompt=True, template_str=self.info.chat_template)
-            return prompt
-        except RuntimeError as e:
-            raise ParamError("messages", f"the model's chat template failed on these messages: {e}") from e
 
     def start(self, prompt_ids: Sequence[int], params: SamplingParams) -> Callable[[], _Generation]:
         """The search options of one generation, set now; the generator itself is made by the

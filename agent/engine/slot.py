@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.engine.engine import Engine
-from agent.engine.variant import VariantError
+from agent.engine.variant import VariantError, registered_name
 
 
 class NoModel(LookupError):
@@ -51,9 +51,14 @@ class ModelSlot:
 
     def load(self, variant_dir: Path, *, name: str | None = None, version: str = "") -> Loaded:
         """Load ``variant_dir`` and make it the served model (blocking; call it from a worker
-        thread in async code). Raises VariantError and keeps the previous model on failure."""
+        thread in async code). Raises VariantError and keeps the previous model on failure.
+        Without ``name`` the model is named as a delivery names it: the registered model's name
+        and version its slmops-variant.json records, else the directory's name."""
         started = time.perf_counter()
         try:
+            if name is None:
+                name, recorded = registered_name(Path(variant_dir))
+                version = version or recorded
             engine = Engine.load(Path(variant_dir), threads=self._threads)
         except VariantError as e:
             self.last_error = str(e)

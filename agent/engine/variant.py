@@ -168,6 +168,19 @@ def _chat_template(root: Path) -> tuple[str | None, str | None]:
     return (value, TOKENIZER_CONFIG) if isinstance(value, str) else (None, None)
 
 
+def registered_name(root: Path) -> tuple[str, str]:
+    """(model name, version) a built variant records in slmops-variant.json (``"model":
+    "NAME:VERSION"``, written by the build and the registry); ("", "") when it records none."""
+    path = Path(root) / VARIANT_META
+    if not path.is_file():
+        return "", ""
+    model = _read_object(path).get("model")
+    if not isinstance(model, str) or not model:
+        return "", ""
+    name, _, version = model.partition(":")
+    return name, version
+
+
 def variant_runtime(root: Path) -> str:
     """What runs the variant in ``root``: RUNTIME_ORT when its slmops-variant.json says so,
     else RUNTIME_GENAI (the builder's variants, and any directory in genai's layout)."""

@@ -135,7 +135,7 @@ class Server:
         loaded = self.slot.current
         if loaded is None:
             raise ApiError(503, "No model is loaded on this device yet.", code="model_not_loaded")
-        if model is not None and model != loaded.name:
+        if model is not None and model not in (loaded.name, f"{loaded.name}:{loaded.version}"):
             raise ApiError(404, f"The model `{model}` does not exist. This server serves "
                            f"`{loaded.name}` (see /v1/models).", param="model", code="model_not_found")
         return loaded

@@ -9,6 +9,7 @@ import click
 from controller import __version__
 from controller.cli.build_cmd import build
 from controller.cli.bundle_cmd import bundle
+from controller.cli.chat_cmd import chat
 from controller.cli.controller_cmd import controller
 from controller.cli.demo_cmd import demo
 from controller.cli.devices_cmd import devices
@@ -45,7 +46,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 
 for command in (controller, token, devices, telemetry, run, jobs, models, eval_, profiles, build,
-                bundle, rollout, demo):
+                bundle, rollout, demo, chat):
     cli.add_command(command)
 
 
