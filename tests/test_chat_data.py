@@ -81,7 +81,8 @@ def test_a_bad_row_is_refused_naming_file_line_and_field(tmp_path: Path, monkeyp
     assert str(e.value) == f"data/train.jsonl:3: {message}"
 
 
-def test_malformed_json_and_an_empty_file_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_json_and_an_empty_file_are_refused(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("t.jsonl").write_text(json.dumps(GOOD) + '\n{"messages": [\n')
     with pytest.raises(DataError) as e:

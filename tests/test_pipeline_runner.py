@@ -233,9 +233,9 @@ def test_prompts_row_without_a_prompt_is_reported_by_number(tmp_path: Path) -> N
     ("./models/teacher", None, "tmp", "steps[0].with.teacher.model: model path './models/teacher' is not a "
                                       "directory"),
     ("./models/teacher", {"p.jsonl": "p.jsonl"}, None, "steps[0].with.teacher.model: model path "
-                                                       "'./models/teacher': a job can't read a directory named "
-                                                       "in a recipe; import the model with `slmops models "
-                                                       "import` and use registry:NAME"),
+                                                       "'./models/teacher': a job can't read a directory "
+                                                       "named in a recipe; import the model with `slmops "
+                                                       "models import` and use registry:NAME"),
     ("registry:support-teacher", None, "tmp", "steps[0].with.teacher.model: registry:support-teacher: no "
                                               "model registry here"),
     ("hf:acme/teacher", {}, None, "steps[0].with.prompts: data file 'p.jsonl' was not uploaded with the job"),
