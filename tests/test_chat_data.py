@@ -185,3 +185,26 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_naming_the_model(smol
         encode_all(tok, [conv], max_length=64, model="registry:odd")
     assert str(e.value).startswith("example 0: the chat template of registry:odd does not render the "
                                    "conversation up to messages[1] as the beginning of the whole")
+
+
+def test_distill_prompts_from_conversations_and_labelled_rows_written_back_as_conversations(
+        tmp_path: Path) -> None:
+    from controller.pipeline.jsonl import read_jsonl, write_jsonl
+    from controller.pipeline.steps.distill import as_chat_rows, teacher_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl(prompts, [{"messages": [user("Capital of France?")]},
+                          {"id": "b", "prompt": "Hi", "intent": "x"}])
+    assert teacher_prompts(prompts) == ([{"id": "line-1", "prompt": "Capital of France?"},
+                                         {"id": "b", "prompt": "Hi", "intent": "x"}], True)
+    labelled = tmp_path / "labelled.jsonl"
+    write_jsonl(labelled, [{"id": "line-1", "intent": "unknown", "prompt": "Capital of France?",
+                            "answer": "Paris.", "teacher_finish": "stop"}])
+    as_chat_rows(labelled)
+    assert read_jsonl(labelled) == [{"id": "line-1", "intent": "unknown", "teacher_finish": "stop",
+                                     "messages": [user("Capital of France?"), assistant("Paris.")]}]
+    (row,) = read_conversations(labelled)
+    assert row.trained == [1]
+    write_jsonl(prompts, [{"messages": [{"role": "system", "content": "Be brief."}, user()]}])
+    with pytest.raises(DataError, match=r"p.jsonl:1: messages: a teacher is asked one user message"):
+        teacher_prompts(prompts)
