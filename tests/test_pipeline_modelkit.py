@@ -185,7 +185,8 @@ def test_a_hub_id_offline_fails_with_a_clear_error() -> None:
     assert done.returncode == 0, done.stderr
     message = done.stdout.strip()
     assert message.startswith("could not load 'slmops-test/no-such-model' from the Hugging Face hub: ")
-    assert message.endswith("; pass a local directory (no local directory of that name exists)")
+    assert message.endswith("; check the id and the network, or import the model with `slmops models "
+                            "import` and use registry:NAME")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine with no GPU")

@@ -223,7 +223,8 @@ def test_malformed_prompts_line_is_reported_by_number_before_anything_runs(tmp_p
 
 def test_prompts_row_without_a_prompt_is_reported_by_number(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "p.jsonl", [{"id": "1", "prompt": "hi"}, {"id": "2", "text": "hello"}])
-    expected = r"steps\[0\]\.with\.prompts: p\.jsonl:2: field 'prompt' is missing"
+    expected = (r"steps\[0\]\.with\.prompts: p\.jsonl:2: messages: missing "
+                r"\(a prompt is \{\"messages\": \[...\]\} or \{\"prompt\": ...\}\)")
     with pytest.raises(RecipeError, match=expected):
         run_recipe(load_recipe(_prompts_recipe("p.jsonl")), tmp_path / "w", ListEvents(), base_dir=tmp_path)
 
@@ -232,8 +233,9 @@ def test_prompts_row_without_a_prompt_is_reported_by_number(tmp_path: Path) -> N
     ("./models/teacher", None, "tmp", "steps[0].with.teacher.model: model path './models/teacher' is not a "
                                       "directory"),
     ("./models/teacher", {"p.jsonl": "p.jsonl"}, None, "steps[0].with.teacher.model: model path "
-                                                       "'./models/teacher': paths on the controller can't be "
-                                                       "used in a job"),
+                                                       "'./models/teacher': a job can't read a directory "
+                                                       "named in a recipe; import the model with `slmops "
+                                                       "models import` and use registry:NAME"),
     ("registry:support-teacher", None, "tmp", "steps[0].with.teacher.model: registry:support-teacher: no "
                                               "model registry here"),
     ("hf:acme/teacher", {}, None, "steps[0].with.prompts: data file 'p.jsonl' was not uploaded with the job"),

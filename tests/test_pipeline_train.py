@@ -84,8 +84,13 @@ def test_only_the_answer_and_end_carry_labels(kit: dict[str, Path]) -> None:
     masked = [i for i, label in zip(item.input_ids, item.labels, strict=True) if label == IGNORE]
     assert tok.decode(labelled) == answer + chat.END
     assert tok.decode(masked) == chat.prompt_text(prompt)
-    short = encode(tok, prompt, answer, max_length=12)
-    assert len(short.input_ids) == 12 and short.truncated
+    # Too long: cut from the left, the answer kept whole; refused when even that can't be.
+    short = encode(tok, prompt, answer, max_length=len(labelled) + 3)
+    assert short.truncated and len(short.input_ids) == len(labelled) + 3
+    assert tok.decode([i for i, label in zip(short.input_ids, short.labels, strict=True)
+                       if label != IGNORE]) == answer + chat.END
+    with pytest.raises(TrainError, match="example 0: .* more than training.max_length"):
+        encode(tok, prompt, answer, max_length=len(labelled))
 
 
 @pytest.fixture(scope="module")
@@ -342,8 +347,9 @@ def test_settings_name_the_bad_field_and_value(factory: type, fields: dict, mess
 
 @pytest.mark.parametrize("examples, kwargs, message", [
     ([], {}, "no training examples"),
-    ([{"prompt": "hi", "answer": ""}], {}, "example 0: field 'answer' is missing or not a non-empty string"),
-    ([{"id": "r7", "answer": "x"}], {}, "example 0 (id 'r7'): field 'prompt' is missing"),
+    ([{"prompt": "hi", "answer": ""}], {}, "example 0: answer: empty"),
+    ([{"id": "r7", "answer": "x"}], {}, "example 0: prompt: missing"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], {}, "example 0: messages: no assistant turn"),
     ([{"prompt": "hi", "answer": "x"}], {"kd": KDSettings()}, "logit KD needs both a teacher_dir and kd"),
 ])
 def test_bad_training_input_is_refused_before_any_step(kit: dict[str, Path], tmp_path: Path,
@@ -354,13 +360,22 @@ def test_bad_training_input_is_refused_before_any_step(kit: dict[str, Path], tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_examples_too_long_for_max_length_are_dropped_and_reported(kit: dict[str, Path],
-                                                                    tmp_path: Path) -> None:
+def test_examples_too_long_for_max_length_are_cut_from_the_left_and_reported(kit: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
     events = ListEvents()
     rows = generate("train", 8, intents=("opening_hours",)) + [{"prompt": "word " * 70, "answer": "x"}]
     result = train(kit["base"], rows, tmp_path / "out", work_dir=tmp_path / "w", events=events,
                    settings=settings(max_steps=2, max_length=64))
-    assert result.examples == 8
+    assert result.examples == 9 and result.trained_tokens > 0
     logs = [e["message"] for e in events.items if e["type"] == "log"]
-    assert "1 example(s) longer than max_length 64 were truncated" in logs
-    assert "1 example(s) dropped: no answer token left within max_length" in logs
+    assert ("1 example(s) longer than max_length 64 were cut from the left, keeping their last "
+            "assistant turn") in logs
+
+
+def test_an_answer_longer_than_max_length_is_refused_naming_the_example(kit: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    rows = generate("train", 2, intents=("opening_hours",)) + [{"prompt": "hi", "answer": "word " * 70}]
+    with pytest.raises(TrainError, match=r"example 2: \d+ tokens, and its last assistant turn"):
+        train(kit["base"], rows, tmp_path / "out", work_dir=tmp_path / "w", events=ListEvents(),
+              settings=settings(max_steps=2, max_length=64))
+    assert not (tmp_path / "out").exists()

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from controller.pipeline import refs
+from controller.pipeline.chatdata import check_file
 from controller.pipeline.events import Cancelled, Events
-from controller.pipeline.jsonl import DataError, read_jsonl, write_atomic
+from controller.pipeline.jsonl import DataError, write_atomic
 from controller.pipeline.recipe import Recipe, RecipeError, StepSpec, step_refs
 from controller.pipeline.steps.base import StepContext, StepError, StepRecord, external_path
 from controller.pipeline.steps.params import columns_for, to_plain
@@ -209,7 +210,7 @@ def _preflight(recipe: Recipe, inputs: Mapping[str, Path] | None, base_dir: Path
                     if not path.is_file():
                         raise StepError(f"data file {text!r} does not exist ({path})")
                     # Malformed rows fail now, by line number, not after an hour of training.
-                    read_jsonl(path, required=columns_for(spec.step_class.Params, field_path))
+                    check_file(path, columns_for(spec.step_class.Params, field_path))
                     externals[text] = file_sha256(path)
                 else:
                     if not path.is_dir():

@@ -77,8 +77,9 @@ def load_model(ref: str | Path, *, device: str = "auto", events: Events | None =
             model = AutoModelForCausalLM.from_pretrained(ref)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"could not load {ref!r} from the Hugging Face hub: {first}; pass a "
-                             "local directory (no local directory of that name exists)") from e
+            raise ModelError(f"could not load {ref!r} from the Hugging Face hub: {first.rstrip('.')}; "
+                             "check the id and the network, or import the model with `slmops models "
+                             "import` and use registry:NAME") from e
     if tokenizer.pad_token is None:  # hub models often have none; batched generation needs one
         tokenizer.pad_token = tokenizer.eos_token
     model.to(target)  # type: ignore[arg-type]  # transformers wraps .to with functools.wraps: mistyped

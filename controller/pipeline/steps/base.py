@@ -194,6 +194,10 @@ def external_path(ref: str, inputs: Mapping[str, Path] | None, base_dir: Path | 
     if base_dir is None:
         if inputs is not None and what == "data file":
             raise StepError(f"{what} {ref!r} was not uploaded with the job")
-        raise StepError(f"{what} {ref!r}: paths on the controller can't be used in a job; use "
-                        "registry:NAME for a model, or run the recipe with --local")
+        if what == "model path":
+            raise StepError(f"model path {ref!r}: a job can't read a directory named in a recipe; import "
+                            "the model with `slmops models import` and use registry:NAME, or run the "
+                            "recipe with --local")
+        raise StepError(f"{what} {ref!r}: paths on the controller can't be used in a job; run the "
+                        "recipe with --local")
     return (base_dir / Path(ref).expanduser()).resolve()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.pipeline import refs
+from controller.pipeline.chatdata import PROMPTS
 from controller.pipeline.refs import DataRef, ModelRef
 from controller.pipeline.steps.base import ResolvedModel, Step, StepContext, StepError
 from controller.pipeline.steps.init_model import check_size
@@ -98,7 +99,8 @@ class GenerationParams:
 @dataclass(frozen=True, kw_only=True)
 class DistillParams:
     teacher: TeacherParams = param(help="who answers the prompts")
-    prompts: DataRef = param(help="JSONL rows with id and prompt (intent optional)", columns=("id", "prompt"))
+    prompts: DataRef = param(help="JSONL prompts: {id, prompt} rows (intent optional) or conversations "
+                                  "ending with the user's turn ({\"messages\": [...]})", columns=PROMPTS)
     student: StudentParams = field(default_factory=lambda: StudentParams(size="student"),
                                    metadata={"help": "who learns the answers"})
     generation: GenerationParams = field(default_factory=GenerationParams,
@@ -137,10 +139,10 @@ class Distill(Step):
             yield "teacher.model", ModelRef, params.teacher.model
 
     def run(self, ctx: StepContext, params: DistillParams) -> dict[str, Path]:
-        from controller.pipeline.jsonl import read_jsonl
+        from controller.pipeline.chatdata import read_conversations
 
         prompts_path = ctx.data(params.prompts)
-        prompts = read_jsonl(prompts_path, required=("id", "prompt"))  # bad lines fail before any work
+        prompts, chat_input = teacher_prompts(prompts_path)  # bad lines fail before any work
         teacher_model = ctx.model(params.teacher.model) if params.teacher.kind == "local" else None
         student = self._student(ctx, params, teacher_model)
         teacher_dir = None
@@ -155,12 +157,14 @@ class Distill(Step):
 
         labelled = ctx.dir / "labelled.jsonl"
         identity = self._label(ctx, params, prompts, labelled, teacher_model)
-        examples = read_jsonl(labelled, required=("prompt", "answer"))
+        if chat_input:  # the labelled data in the format it came in: the answer as the assistant turn
+            as_chat_rows(labelled)
+        examples = read_conversations(labelled) if labelled.stat().st_size else []
         if not examples:
             raise StepError(f"the teacher gave no usable answer for {prompts_path}")
         out = ctx.dir / "model"
         teacher_lineage = teacher_model.lineage() if teacher_model else {}
-        ctx.info["train"] = run_training(ctx, student.source, examples, out, params.training,
+        ctx.info["train"] = run_training(ctx, student.path or student.source, examples, out, params.training,
                                          kind="distilled", teacher_dir=teacher_dir, kd=params.kd,
                                          meta={"base_ref": student.ref or None,
                                                "teacher_ref": teacher_lineage.get("ref"),
@@ -218,3 +222,44 @@ class Distill(Step):
         if not (init / "config.json").is_file():
             build_model(params.student.size, teacher_model.path, init, seed=ctx.seed)
         return ResolvedModel(ref="", source=str(init), path=init, kind="model")
+
+
+def teacher_prompts(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The prompts of a prompts file as the teacher takes them ({id, prompt, intent?}) and
+    whether they came as conversations. A conversation is sent as its one user turn: the
+    teachers take a single prompt, so a system message or earlier turns are refused rather
+    than dropped. Rows without an id are named by their line."""
+    from controller.pipeline.chatdata import read_prompts
+    from controller.pipeline.jsonl import DataError
+
+    rows = read_prompts(path)
+    chat_input = any(r.chat for r in rows)
+    prompts: list[dict[str, Any]] = []
+    for row in rows:
+        if len(row.messages) != 1:
+            field = "messages" if row.chat else "system"
+            raise DataError(f"{row.where}: {field}: a teacher is asked one user message; a system message "
+                            "or earlier turns can't be sent to it (give the prompt alone)")
+        ident = row.extra.get("id")
+        if not isinstance(ident, str) or not ident.strip():
+            if "id" in row.extra:
+                raise DataError(f"{row.where}: id: must be a non-empty string, got {ident!r}")
+            ident = "line-" + row.where.rsplit(":", 1)[-1]
+        prompt = {"id": ident, "prompt": row.messages[0]["content"]}
+        if isinstance(row.extra.get("intent"), str):
+            prompt["intent"] = row.extra["intent"]
+        prompts.append(prompt)
+    return prompts, chat_input
+
+
+def as_chat_rows(labelled: Path) -> None:
+    """Rewrite labelled {id, intent, prompt, answer, ...} rows as conversations (atomically)."""
+    from controller.pipeline.jsonl import read_jsonl, write_jsonl
+
+    rows = read_jsonl(labelled)
+    if all("messages" in r for r in rows):
+        return
+    write_jsonl(labelled, [{**{k: v for k, v in r.items() if k not in ("prompt", "answer")},
+                            "messages": [{"role": "user", "content": r["prompt"]},
+                                         {"role": "assistant", "content": r["answer"]}]}
+                           for r in rows])

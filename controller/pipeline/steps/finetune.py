@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from controller.pipeline.chatdata import CONVERSATIONS
 from controller.pipeline.refs import DataRef, ModelRef
 from controller.pipeline.steps.base import Step, StepContext
 from controller.pipeline.steps.params import ParamError, param
@@ -28,8 +29,10 @@ from controller.pipeline.steps.training import (
 @dataclass(frozen=True, kw_only=True)
 class FinetuneParams:
     model: ModelRef = param(help="the model to tune (an earlier step's output, registry:NAME, hf:ID, "
-                                 "or a path)")
-    data: DataRef = param(help="JSONL rows with prompt and answer", columns=("prompt", "answer"))
+                                 "or, with --local, a path)")
+    data: DataRef = param(help="JSONL conversations ({\"messages\": [...]}, the OpenAI fine-tuning "
+                               "format) or {prompt, answer} rows; the loss is on assistant turns only",
+                          columns=CONVERSATIONS)
     method: Literal["full", "lora"] = param("full", "full: update every weight; lora: train a "
                                                     "small adapter and keep the base as it is")
     training: TrainingParams = field(default_factory=TrainingParams, metadata={"help": "optimizer settings"})
@@ -62,17 +65,17 @@ class Finetune(Step):
         check_qlora_possible(params.lora, device)
 
     def run(self, ctx: StepContext, params: FinetuneParams) -> dict[str, Path]:
-        from controller.pipeline.jsonl import read_jsonl
+        from controller.pipeline.chatdata import read_conversations
 
         base = ctx.model(params.model)
         data_path = ctx.data(params.data)
-        examples = read_jsonl(data_path, required=("prompt", "answer"))
+        examples = read_conversations(data_path)
         lineage: dict[str, Any] = {"base": base.lineage(),
                                    "data": {data_name(params.data): file_sha256(data_path)},
                                    "teacher": self._inherited_teacher(ctx, params.model)}
         if params.method == "full":
             out = ctx.dir / "model"
-            ctx.info["train"] = run_training(ctx, base.source, examples, out, params.training,
+            ctx.info["train"] = run_training(ctx, base.path or base.source, examples, out, params.training,
                                              kind="finetuned", meta={"base_ref": base.ref})
             ctx.lineage["model"] = {"kind": "finetuned", **lineage, "train": ctx.info["train"]}
             return {"model": out}
@@ -80,7 +83,7 @@ class Finetune(Step):
         assert params.lora is not None
         adapter = ctx.dir / "adapter"
         # With lora, train() writes slmops.json kind "adapter" whatever ``kind`` says.
-        ctx.info["train"] = run_training(ctx, base.source, examples, adapter, params.training,
+        ctx.info["train"] = run_training(ctx, base.path or base.source, examples, adapter, params.training,
                                          kind="finetuned", meta={"base_ref": base.ref}, lora=params.lora)
         ctx.bases["adapter"] = base.source
         ctx.lineage["adapter"] = {"kind": "adapter", **lineage, "train": ctx.info["train"]}
@@ -91,7 +94,7 @@ class Finetune(Step):
             merged = ctx.dir / "model"
             if not (merged / "config.json").is_file():
                 ctx.events.log(f"{ctx.task()}: merging the adapter into its base")
-                merge_adapter(Path(base.source), adapter, merged)
+                merge_adapter(base.path or base.source, adapter, merged)  # a hub id stays a str
             ctx.lineage["model"] = {"kind": "finetuned", "merged_adapter": True, **lineage,
                                     "train": ctx.info["train"]}
             outputs["model"] = merged

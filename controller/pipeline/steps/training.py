@@ -29,7 +29,8 @@ class TrainingParams:
     batch_size: int = param(32, "examples per optimizer step")
     epochs: float = param(1.0, "passes over the data (ignored when max_steps > 0)")
     max_steps: int = param(0, "optimizer steps to run; 0 = from epochs")
-    max_length: int = param(128, "tokens per example; longer examples are cut")
+    max_length: int = param(128, "tokens per example; a longer conversation is cut from the left, "
+                                 "keeping its last assistant turn whole (refused if even that is longer)")
     warmup_ratio: float = param(0.05, "share of the steps spent warming the learning rate up")
     weight_decay: float = param(0.0, "AdamW weight decay")
     checkpoint_every: int = param(200, "steps between checkpoints (a rerun resumes from the last); "
@@ -122,11 +123,12 @@ def check_qlora_possible(lora: LoraParams | None, device: str) -> None:
                         "qlora: false to train a plain LoRA adapter")
 
 
-def run_training(ctx: StepContext, model_source: str, examples: Sequence[Mapping[str, Any]], out_dir: Path,
+def run_training(ctx: StepContext, model_source: Path | str, examples: Sequence[Any], out_dir: Path,
                  training: TrainingParams, *, kind: str, meta: Mapping[str, Any], part: str = "train",
                  teacher_dir: Path | None = None, kd: KDParams | None = None,
                  lora: LoraParams | None = None) -> dict[str, Any]:
-    """Train ``model_source`` on ``examples`` into ``out_dir`` (slmops.json ``kind``, plus
+    """Train ``model_source`` (a directory, or a hub id as a str: never made a Path) on
+    ``examples`` (chat or prompt/answer rows) into ``out_dir`` (slmops.json ``kind``, plus
     ``meta``) with checkpoints in ``ctx.dir/<part>``; skipped when this step finished it before."""
     from controller.pipeline.train import train
 
@@ -134,12 +136,13 @@ def run_training(ctx: StepContext, model_source: str, examples: Sequence[Mapping
     if out_dir.is_dir() and done_file.is_file():
         ctx.events.log(f"{ctx.task(part)}: already trained, reusing {out_dir.name}")
         return json.loads(done_file.read_text(encoding="utf-8"))
-    result = train(Path(model_source), examples, out_dir, work_dir=ctx.dir / part,
+    result = train(model_source, examples, out_dir, work_dir=ctx.dir / part,
                    settings=training.settings(ctx.seed), events=ctx.events, teacher_dir=teacher_dir,
                    kd=kd.settings() if kd else None, lora=lora.settings() if lora else None,
                    device=ctx.device, task=ctx.task(part), kind=kind, meta=meta)
     summary = {"steps": result.steps, "final_loss": result.final_loss, "seconds": round(result.seconds, 2),
-               "resumed_from_step": result.resumed_from_step, "examples": result.examples}
+               "resumed_from_step": result.resumed_from_step, "examples": result.examples,
+               "trained_tokens": result.trained_tokens}
     if result.resumed_from_step:
         ctx.events.log(f"{ctx.task(part)}: resumed from the checkpoint at step {result.resumed_from_step}")
     write_atomic(done_file, json.dumps(summary).encode("utf-8"))

@@ -30,30 +30,35 @@ from controller.pipeline.train.settings import (
 )
 
 
-def train(model_dir: Path, examples: Sequence[Mapping[str, str]], out_dir: Path, *, work_dir: Path,
+def train(model_dir: Path | str, examples: Sequence[Any], out_dir: Path, *, work_dir: Path,
           settings: TrainSettings, events: Events, teacher_dir: Path | None = None,
           kd: KDSettings | None = None, lora: LoraSettings | None = None, device: str = "auto",
           task: str = "train", kind: str = "finetuned", meta: Mapping[str, Any] | None = None
           ) -> TrainResult:
-    """Train the model in ``model_dir`` on ``examples`` ({"prompt", "answer"}) and write the
-    result to ``out_dir``: the whole model (``slmops.json`` kind ``kind``), or with ``lora`` the
-    adapter alone (kind "adapter"). ``meta`` adds fields to ``slmops.json``. A rerun with the
-    same ``work_dir`` resumes from its last checkpoint."""
+    """Train the model in ``model_dir`` (a directory, or a hub id as a str) on ``examples``
+    (rows of :mod:`controller.pipeline.chatdata`: conversations or prompt/answer pairs) and
+    write the result to ``out_dir``: the whole model (``slmops.json`` kind ``kind``), or with
+    ``lora`` the adapter alone (kind "adapter"). ``meta`` adds fields to ``slmops.json``. A
+    rerun with the same ``work_dir`` resumes from its last checkpoint."""
     import torch
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
     started = time.monotonic()
-    model_dir, out_dir, work_dir = Path(model_dir), Path(out_dir), Path(work_dir)
+    # A hub id stays a string for from_pretrained; only a directory is a Path.
+    model_dir = model_dir if isinstance(model_dir, Path) else _model_source(model_dir)
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
     if kind not in ("finetuned", "distilled"):
         raise TrainError(f"kind must be 'finetuned' or 'distilled' for a trained model, got {kind!r}")
-    data.check_examples(examples)
+    conversations = data.check_examples(examples)
     if (kd is None) != (teacher_dir is None):
         raise TrainError("logit KD needs both a teacher_dir and kd settings (got only "
                          f"{'teacher_dir' if kd is None else 'kd'})")
     if lora is not None and lora.qlora:
         loramod.check_qlora_available()
     if teacher_dir is not None:
+        if not isinstance(model_dir, Path):
+            raise TrainError(f"logit KD needs the student's files on disk; {model_dir} is a hub id")
         kdmod.check_same_tokenizer(model_dir, Path(teacher_dir))
 
     target = resolve_device(device, events)
@@ -64,18 +69,26 @@ def train(model_dir: Path, examples: Sequence[Mapping[str, str]], out_dir: Path,
 
     model, tokenizer, teacher = _load_models(model_dir, teacher_dir, lora, accelerator.device)
 
-    encoded, truncated, dropped = data.encode_all(tokenizer, examples, settings.max_length)
-    if truncated:
-        events.log(f"{truncated} example(s) longer than max_length {settings.max_length} were truncated")
-    if dropped:
-        events.log(f"{dropped} example(s) dropped: no answer token left within max_length")
-    if not encoded:
-        raise TrainError(f"no example keeps an answer token within max_length {settings.max_length}; "
-                         "raise train.max_length")
+    encoded_set = data.encode_all(tokenizer, conversations, settings.max_length, model=str(model_dir))
+    encoded = encoded_set.items
+    if not encoded_set.own_template:
+        events.log(f"{model_dir} has no chat template: training in the bundled prompt format")
+    if encoded_set.truncated:
+        events.log(f"{encoded_set.truncated} example(s) longer than max_length {settings.max_length} "
+                   "were cut from the left, keeping their last assistant turn")
+    if encoded_set.system_dropped:
+        events.log(f"{encoded_set.system_dropped} example(s) have a system message, which the prompt "
+                   f"format of {model_dir} does not show; they train without it")
     world = accelerator.num_processes
     global_batch = settings.batch_size * world
     per_epoch = data.steps_per_epoch(len(encoded), global_batch)
     total = settings.max_steps or max(1, math.ceil(settings.epochs * per_epoch))
+    # Tokens the loss is taken on over the whole run: the batches are a function of (seed, step),
+    # so this is known up front and the same after a resume.
+    trained_tokens = sum(encoded[i].trained_tokens for step in range(total)
+                         for i in data.batch_indices(len(encoded), global_batch, settings.seed, step))
+    events.log(f"{task}: {len(encoded)} example(s), {encoded_set.trained_tokens} assistant token(s) "
+               f"carry the loss; {trained_tokens} over {total} step(s)")
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -85,8 +98,8 @@ def train(model_dir: Path, examples: Sequence[Mapping[str, str]], out_dir: Path,
     model, optimizer = accelerator.prepare(model, optimizer)
 
     fingerprint = json.loads(json.dumps({
-        "model_dir": str(model_dir), "examples": len(examples),
-        "examples_sha256": data.examples_digest(examples), "teacher_dir": str(teacher_dir or ""),
+        "model_dir": str(model_dir), "examples": len(conversations),
+        "examples_sha256": data.examples_digest(conversations), "teacher_dir": str(teacher_dir or ""),
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_every", "log_every")},
         "kd": asdict(kd) if kd else None, "lora": asdict(lora) if lora else None, "processes": world,
     }))
@@ -147,14 +160,21 @@ def train(model_dir: Path, examples: Sequence[Mapping[str, str]], out_dir: Path,
                 "train": asdict(settings), "kd": asdict(kd) if kd else None,
                 "lora": asdict(lora) if lora else None, "examples": len(encoded),
                 "examples_sha256": fingerprint["examples_sha256"], "steps": total,
-                "final_loss": last_loss, **dict(meta or {})}
+                "final_loss": last_loss, "trained_tokens": trained_tokens, **dict(meta or {})}
         _write_output(unwrapped, tokenizer, out_dir, lora, kind, info, total)
     accelerator.wait_for_everyone()
     return TrainResult(steps=total, final_loss=last_loss, seconds=time.monotonic() - started,
-                       resumed_from_step=start, examples=len(encoded))
+                       resumed_from_step=start, examples=len(encoded), trained_tokens=trained_tokens)
 
 
-def _load_models(model_dir: Path, teacher_dir: Path | None, lora: LoraSettings | None,
+def _model_source(ref: str) -> Path | str:
+    """A str names a directory when one exists (or it is path-shaped), else a hub id."""
+    from controller.pipeline.modelkit.loading import looks_like_path
+
+    return Path(ref).expanduser() if looks_like_path(ref) else ref
+
+
+def _load_models(model_dir: Path | str, teacher_dir: Path | None, lora: LoraSettings | None,
                  device: Any) -> tuple[Any, Any, Any]:
     """(the model to train, in train mode, LoRA-wrapped if asked; its tokenizer; the frozen
     teacher on ``device`` or None)."""

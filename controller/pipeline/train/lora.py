@@ -43,7 +43,7 @@ def check_qlora_available() -> None:
                          "pip install bitsandbytes, or set qlora: false")
 
 
-def load_qlora_base(model_dir: Path) -> Any:
+def load_qlora_base(model_dir: Path | str) -> Any:
     """The base model quantized to 4 bits (NF4) on the GPU, prepared for adapter training."""
     import torch
     from peft import prepare_model_for_kbit_training
@@ -84,15 +84,18 @@ def save_adapter(model: Any, out_dir: Path, base_ref: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
-    """Merge the adapter in ``adapter_dir`` into the base in ``base_dir`` and write the full
-    model (with the base's tokenizer and ``slmops.json`` kind "finetuned") to ``out_dir``."""
+def merge_adapter(base_dir: Path | str, adapter_dir: Path, out_dir: Path) -> Path:
+    """Merge the adapter in ``adapter_dir`` into the base in ``base_dir`` (a directory, or a
+    hub id as a str) and write the full model (with the base's tokenizer and ``slmops.json``
+    kind "finetuned") to ``out_dir``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
-    for label, path, marker in (("base model", base_dir, "config.json"),
-                                ("adapter", adapter_dir, "adapter_config.json")):
+    adapter_dir = Path(adapter_dir)
+    checks = [("adapter", adapter_dir, "adapter_config.json")]
+    if isinstance(base_dir, Path):  # a hub id is checked by from_pretrained
+        checks.insert(0, ("base model", base_dir, "config.json"))
+    for label, path, marker in checks:
         if not (path / marker).is_file():
             raise TrainError(f"{label} {path} has no {marker}")
     base = AutoModelForCausalLM.from_pretrained(base_dir)

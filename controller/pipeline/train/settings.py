@@ -36,7 +36,8 @@ class TrainSettings:
     max_steps: int = 0
     """Optimizer steps to take; 0 = as many as ``epochs`` needs."""
     max_length: int = 128
-    """Tokens per example (prompt + answer + END); longer examples are truncated."""
+    """Tokens per example (the rendered conversation); longer ones are cut from the left,
+    keeping their last trained assistant turn whole (one that can't be kept is refused)."""
     seed: int = 0
     """Seeds the data order, LoRA initialisation and dropout."""
     warmup_ratio: float = 0.05
@@ -135,4 +136,6 @@ class TrainResult:
     resumed_from_step: int
     """0 for a fresh start, else the step of the checkpoint it resumed from."""
     examples: int
-    """Examples trained on (after dropping any with no answer token left)."""
+    """Examples trained on."""
+    trained_tokens: int = 0
+    """Tokens the loss was taken on over all the steps (assistant turns only)."""
