@@ -38,6 +38,11 @@ class EvalRow:
         return users[-1] if users else ""
 
     @property
+    def one_turn(self) -> bool:
+        """The prompt is one user message (what a device's golden gate can ask)."""
+        return len(self.messages) == 1 and self.messages[0]["role"] == "user"
+
+    @property
     def asks(self) -> bool:
         """The row has a prompt to answer (prompt/answer and chat rows do, text rows don't)."""
         return bool(self.messages)
@@ -47,27 +52,32 @@ class EvalRow:
         out: dict[str, Any]
         if self.text is not None:
             out = {"text": self.text}
-        elif len(self.messages) == 1 and self.messages[0]["role"] == "user":
-            out = {"prompt": self.messages[0]["content"], "answer": self.reference or ""}
+        elif self.one_turn:
+            out = {"prompt": self.messages[0]["content"]}
+            if self.reference is not None:
+                out["answer"] = self.reference
         else:
-            out = {"messages": [*self.messages, {"role": "assistant", "content": self.reference or ""}]}
+            out = {"messages": list(self.messages) + ([{"role": "assistant", "content": self.reference}]
+                                                      if self.reference is not None else [])}
         if self.intent is not None:
             out["intent"] = self.intent
         return out
 
 
-def parse_row(raw: Mapping[str, Any], where: str) -> EvalRow:
-    """One row of any shape; DataError naming ``where`` and the field when it fits none."""
+def parse_row(raw: Mapping[str, Any], where: str, *, need_reference: bool = True) -> EvalRow:
+    """One row of any shape; DataError naming ``where`` and the field when it fits none. Without
+    ``need_reference``, a prompt alone (``{"prompt"}``, or turns ending with a user turn) is a row
+    too (a build compares such answers with the fp32 model's only)."""
     intent = raw.get("intent")
     if intent is not None and not isinstance(intent, str):
         raise DataError(f"{where}: field 'intent' is not a string")
     if "messages" in raw:
-        return _chat_row(raw["messages"], where, intent)
+        return _chat_row(raw["messages"], where, intent, need_reference)
     if "prompt" in raw or "answer" in raw:
-        for name in ("prompt", "answer"):
+        for name in ("prompt", "answer") if need_reference or "answer" in raw else ("prompt",):
             if not isinstance(raw.get(name), str) or not raw[name].strip():
                 raise DataError(f"{where}: field {name!r} is missing or not a non-empty string")
-        return EvalRow(({"role": "user", "content": raw["prompt"]},), raw["answer"], None, intent)
+        return EvalRow(({"role": "user", "content": raw["prompt"]},), raw.get("answer"), None, intent)
     if "text" in raw:
         if not isinstance(raw["text"], str) or not raw["text"].strip():
             raise DataError(f"{where}: field 'text' is not a non-empty string")
@@ -76,7 +86,7 @@ def parse_row(raw: Mapping[str, Any], where: str) -> EvalRow:
     raise DataError(f"{where}: a row is one of {SHAPES}; this one has {fields}")
 
 
-def _chat_row(messages: Any, where: str, intent: str | None) -> EvalRow:
+def _chat_row(messages: Any, where: str, intent: str | None, need_reference: bool) -> EvalRow:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: field 'messages' is not a non-empty list of {{role, content}} turns")
     turns: list[dict[str, str]] = []
@@ -86,6 +96,8 @@ def _chat_row(messages: Any, where: str, intent: str | None) -> EvalRow:
             raise DataError(f"{where}: messages[{i}] is not a turn {{\"role\": one of {', '.join(ROLES)}, "
                             "\"content\": a string}")
         turns.append({"role": str(turn["role"]), "content": str(turn["content"])})
+    if not need_reference and turns[-1]["role"] == "user":
+        return EvalRow(tuple(turns), None, None, intent)
     if turns[-1]["role"] != "assistant" or not turns[-1]["content"].strip():
         raise DataError(f"{where}: messages: the last turn is the reference answer, so it must be a "
                         "non-empty assistant turn")
@@ -94,23 +106,18 @@ def _chat_row(messages: Any, where: str, intent: str | None) -> EvalRow:
     return EvalRow(tuple(turns[:-1]), turns[-1]["content"], None, intent)
 
 
-def parse_rows(raw_rows: Sequence[Mapping[str, Any]], origin: str = "rows") -> list[EvalRow]:
-    rows = [parse_row(r, f"{origin}: row {number}") for number, r in enumerate(raw_rows, start=1)]
+def parse_rows(raw_rows: Sequence[Mapping[str, Any]], origin: str = "rows", *,
+               need_reference: bool = True) -> list[EvalRow]:
+    rows = [parse_row(r, f"{origin}: row {number}", need_reference=need_reference)
+            for number, r in enumerate(raw_rows, start=1)]
     if not rows:
         raise DataError(f"{origin}: no rows; each line is one of {SHAPES}")
     return rows
 
 
-def read_rows(path: Path) -> list[EvalRow]:
-    """The rows of a JSONL file; DataError naming the file and line of the first bad one."""
-    path = Path(path)
-    raw = read_jsonl(path)
-    rows: list[EvalRow] = []
-    for number, item in enumerate(raw, start=1):
-        rows.append(parse_row(item, f"{path}: row {number}"))
-    if not rows:
-        raise DataError(f"{path}: no rows; each line is one of {SHAPES}")
-    return rows
+def read_rows(path: Path, *, need_reference: bool = True) -> list[EvalRow]:
+    """The rows of a JSONL file; DataError naming the file and the row of the first bad one."""
+    return parse_rows(read_jsonl(Path(path)), str(path), need_reference=need_reference)
 
 
 def has_intents(rows: Sequence[EvalRow]) -> bool:
