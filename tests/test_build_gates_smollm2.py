@@ -52,7 +52,8 @@ def test_smollm2_fp32_passes_and_int4_is_judged_by_the_generic_measures(smollm2_
             assert isinstance(m[key], float), (outcome.profile, key)
         assert m["task_metric"] == "rouge_l" and m["references"] == 20 and m["intents"] is False
         gates = outcome.gate.gates
-        for name in ("min_greedy_agreement", "min_rouge_l_vs_fp32", "max_metric_drop", "max_perplexity_ratio"):
+        for name in ("min_greedy_agreement", "min_rouge_l_vs_fp32", "max_metric_drop",
+                     "max_perplexity_ratio"):
             assert name in gates
         # the verdict follows the thresholds
         expected = (m["greedy_agreement"] >= gates["min_greedy_agreement"]

@@ -74,7 +74,7 @@ def rouge_l(pred: str, gold: str) -> float:
     if not _WORD.search(normalize(pred)) and not _WORD.search(normalize(gold)):
         return 1.0
     if _scorer is None:
-        from rouge_score import rouge_scorer
+        from rouge_score import rouge_scorer  # type: ignore[import-untyped]  # rouge-score ships no type hints
 
         _scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
     return float(_scorer.score(gold, pred)["rougeL"].fmeasure)
