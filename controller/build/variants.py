@@ -108,7 +108,8 @@ def load_rows(data: Path | None, n: int = DEFAULT_TEST_ROWS,
             f"support-task test split ({n} rows, seed {seed})")
 
 
-def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Sequence[EvalRow],
+def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile],
+                    rows: Sequence[EvalRow | Mapping[str, Any]],
                     work_dir: Path, *, model_label: str = "", data_name: str = "",
                     max_new_tokens: int = 64, threads: int | None = None,
                     gates: GateOverrides | None = None, events: Events | None = None,
@@ -119,15 +120,18 @@ def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Se
     compared with the adapter merged into it. ``perplexity``: also score the references'
     perplexity, fp32 and variant (one prefill per row; onnxruntime-genai variants only)."""
     from controller.build.genai_builder import BuildError
+    from controller.pipeline.evaluate.rows import parse_row
 
     events = events or Events()
+    held_out = [r if isinstance(r, EvalRow) else parse_row(r, f"rows: row {i}", need_reference=False)
+                for i, r in enumerate(rows, start=1)]
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     gates = gates or GateOverrides()
-    data = {data_name or "rows": rows_sha256(rows)}
+    data = {data_name or "rows": rows_sha256(held_out)}
     reference_dir = model_dir if base_dir is None else merged_model(
         Path(base_dir), Path(model_dir), work_dir / "scratch", events)
-    reference = pytorch_reference(reference_dir, rows, max_new_tokens=max_new_tokens, threads=threads,
+    reference = pytorch_reference(reference_dir, held_out, max_new_tokens=max_new_tokens, threads=threads,
                                   events=events, cache=work_dir / "reference.json", perplexity=perplexity)
     if "task_metric" in reference:
         events.log(f"fp32 PyTorch reference: {reference['task_metric']} {reference['task_metric_value']:.3f} "
@@ -147,7 +151,7 @@ def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Se
                                       base_dir=base_dir)
             except BuildError as e:
                 raise BuildError(f"profile {profile.name}: {e}") from e
-            meta = _check_and_gate(built, profile, rows, reference, model_label, data, max_new_tokens,
+            meta = _check_and_gate(built, profile, held_out, reference, model_label, data, max_new_tokens,
                                    threads, events, perplexity)
         outcome = VariantOutcome(profile.name, vdir, meta["precision"], meta["provider"], meta["runtime"],
                                  meta.get("build", {}), meta["metrics"],
