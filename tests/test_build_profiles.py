@@ -20,7 +20,7 @@ from controller.build import (
     parse_profiles,
 )
 from controller.build.gates import apply_gates
-from controller.build.profiles import GB, MB, Gates
+from controller.build.profiles import DEFAULT_GENERIC, GB, MB, Gates
 from controller.cli.main import cli
 from controller.pipeline.recipe import RecipeError, parse_recipe
 from controller.registry import Invalid, ModelRegistry, NotDeployable, NotFound
@@ -74,7 +74,7 @@ def test_custom_profiles_come_first_and_a_builtin_name_retunes_only_what_is_writ
     pi5 = profiles.get("pi5-int4")
     assert pi5.source == str(path) and pi5.match.min_memory_bytes == 4096 * MB
     assert (pi5.build.precision, pi5.build.block_size) == ("int4", 64)
-    assert pi5.gates == Gates(3.0, 4.0, 1024 * MB, 250.0)
+    assert pi5.gates == Gates(3.0, 4.0, 1024 * MB, 250.0, *DEFAULT_GENERIC["int4"])  # unwritten: int4's
     fp32 = profiles.get("cpu-fp32")
     builtin = builtin_profiles().get("cpu-fp32")
     assert fp32.gates.min_tokens_per_s == 0.5 and fp32.source == str(path)

@@ -192,7 +192,7 @@ def test_evaluate_with_an_adapter_counts_base_and_adapter(fixed_model: Path, tmp
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"model_ref": "/nonexistent/model"}, ModelError, "does not exist"),
     ({"adapter_dir": "NOT_AN_ADAPTER"}, ModelError, "no adapter_config.json"),
-    ({"rows": [{"intent": "a", "prompt": "p"}]}, ValueError, "row 0: field 'answer'"),
+    ({"rows": [{"intent": "a", "prompt": "p"}]}, ValueError, "row 1: field 'answer'"),
     ({"rows": []}, ValueError, "empty"),
     ({"latency_samples": 0}, ValueError, "latency_samples"),
 ])
@@ -246,3 +246,16 @@ def test_evaluate_isolated_raises_with_the_childs_error(fixed_model: Path, tmp_p
     rows_path.write_text(rows_text, encoding="utf-8")
     with pytest.raises(EvaluationError, match=message):
         evaluate_isolated(model or fixed_model, rows_path, device="cpu", threads=1)
+
+
+def test_evaluate_scores_chat_and_text_rows_with_the_chosen_metrics(fixed_model: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": "where is order 107?"},
+                          {"role": "assistant", "content": FIXED_ANSWER}]},
+            {"prompt": "refund order 8 please", "answer": "refund on its way"},
+            {"text": "your order has shipped and is on its way"}]
+    result = evaluate(fixed_model, rows, metrics=["exact_match", "chrf", "perplexity"], max_new_tokens=12,
+                      batch_size=2, latency_samples=1, device="cpu")
+    assert result["metrics"] == ["exact_match", "chrf", "perplexity"]
+    assert result["exact_match"] == pytest.approx(0.5) and 0 < result["chrf"] <= 100
+    assert result["perplexity"] > 1 and result["perplexity_tokens"] > 0
+    assert "rouge_l" not in result and "per_intent" not in result

@@ -5,10 +5,16 @@ harness, controller/pipeline/evaluate) once per build; ``check_variant`` answers
 with the variant in a child process running the device's runtime (measure.py: the agent's
 engine for onnxruntime-genai variants) and records:
 
-- ``exact_match`` (and per intent) against the gold answers, and ``reference_exact_match``;
-- ``exact_match_delta``: the variant's exact match minus the fp32 model's, in points (-1.5 = lost
-  1.5 points);
 - ``greedy_agreement``: the fraction of prompts whose greedy answer equals the fp32 model's;
+- ``rouge_l_vs_fp32``: the mean ROUGE-L F1 of the variant's answers against the fp32 answers;
+- where rows have references: ``exact_match`` (and per intent, for the bundled task's rows)
+  against them, ``reference_exact_match`` and ``exact_match_delta`` (the variant's exact match
+  minus the fp32 model's, in points: -1.5 = lost 1.5 points); the task metric (``task_metric``:
+  exact_match for the bundled task's rows, which carry intents, else rouge_l against the
+  references), its value, the fp32 model's (``reference_task_metric``) and ``metric_drop`` (points
+  lost);
+- with ``perplexity``: ``perplexity`` and ``reference_perplexity`` of the references given
+  their prompts and ``perplexity_ratio`` (variant / fp32), for onnxruntime-genai variants;
 - ``golden``: the first ``GOLDEN_ROWS`` rows (prompt, gold answer) and how many of them the
   variant answered exactly; a manifest carries them to the device, whose gate asks them again
   on its own hardware before it switches to the variant;
@@ -38,7 +44,14 @@ from typing import Any
 from controller.build.builder import RUNTIME_GENAI, VARIANT_META
 from controller.build.measure import MODULE as MEASURE_MODULE
 from controller.pipeline.child import ChildFailed, run_json_child
-from controller.pipeline.evaluate.metrics import exact_match, percentile, summarize
+from controller.pipeline.evaluate.metrics import (
+    exact_match,
+    percentile,
+    perplexity_of,
+    rouge_l,
+    score_answers,
+)
+from controller.pipeline.evaluate.rows import EvalRow, has_intents
 from controller.pipeline.events import Events
 from controller.pipeline.jsonl import write_atomic
 from controller.pipeline.modelkit.files import dir_size
@@ -50,20 +63,35 @@ class CheckError(RuntimeError):
     """A variant that could not be run on the held-out set; the message carries why."""
 
 
-def rows_sha256(rows: Sequence[Mapping[str, Any]]) -> str:
-    text = "".join(json.dumps({k: r.get(k) for k in ("intent", "prompt", "answer")}, sort_keys=True) + "\n"
-                   for r in rows)
+def rows_sha256(rows: Sequence[EvalRow]) -> str:
+    text = "".join(json.dumps(r.wire(), sort_keys=True) + "\n" for r in rows)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def pytorch_reference(model_dir: Path, rows: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 64,
+def _task_scores(rows: Sequence[EvalRow], answers: Sequence[str]) -> dict[str, Any]:
+    """Exact match (per intent for the bundled task's rows) and the task metric, over the rows
+    with references; {} when none has one."""
+    scored = [(r, a) for r, a in zip(rows, answers, strict=True) if r.reference is not None]
+    if not scored:
+        return {}
+    intents = has_intents([r for r, _ in scored])
+    task = "exact_match" if intents else "rouge_l"
+    out = score_answers([a for _, a in scored], [r.reference or "" for r, _ in scored],
+                        ("exact_match", "rouge_l"), [r.intent or "" for r, _ in scored] if intents else None)
+    return {"exact_match": out["exact_match"], "per_intent": out.get("per_intent", {}), "task_metric": task,
+            "task_metric_value": out[task], "references": len(scored), "intents": intents}
+
+
+def pytorch_reference(model_dir: Path, rows: Sequence[EvalRow], *, max_new_tokens: int = 64,
                       batch_size: int = 16, threads: int | None = None, events: Events | None = None,
-                      cache: Path | None = None) -> dict[str, Any]:
-    """The fp32 PyTorch model's greedy answers and exact match on ``rows`` (cached in ``cache``
+                      cache: Path | None = None, perplexity: bool = False) -> dict[str, Any]:
+    """The fp32 PyTorch model's greedy answers on ``rows``, its exact match and task metric on
+    those with references, and with ``perplexity`` its perplexity on them (cached in ``cache``
     for the same rows and settings, so a resumed build does not answer them again). ``threads``
     sets torch's thread count for the call (on a busy machine, fewer threads than cores can be
     many times faster for a small model)."""
-    key = {"model": str(model_dir), "rows": rows_sha256(rows), "max_new_tokens": max_new_tokens}
+    key = {"model": str(model_dir), "rows": rows_sha256(rows), "max_new_tokens": max_new_tokens,
+           "perplexity": perplexity}
     if cache is not None and cache.is_file():
         try:
             cached = json.loads(cache.read_text(encoding="utf-8"))
@@ -74,6 +102,7 @@ def pytorch_reference(model_dir: Path, rows: Sequence[Mapping[str, Any]], *, max
     import torch
 
     from controller.pipeline.evaluate import generate_answers
+    from controller.pipeline.evaluate.harness import perplexity as score_perplexity
     from controller.pipeline.modelkit import load_model
 
     events = events or Events()
@@ -86,25 +115,28 @@ def pytorch_reference(model_dir: Path, rows: Sequence[Mapping[str, Any]], *, max
         torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows],
+            answers = generate_answers(model, tokenizer, [list(r.messages) for r in rows],
                                        max_new_tokens=max_new_tokens, batch_size=batch_size, events=events,
                                        task="reference")
+            scored = score_perplexity(model, tokenizer, [r for r in rows if r.reference is not None]) \
+                if perplexity else None
     finally:
         torch.set_num_threads(before)
-    summary = summarize([{"intent": r["intent"], "prediction": p, "answer": r["answer"]}
-                         for r, p in zip(rows, answers, strict=True)])
-    reference = {"answers": answers, "exact_match": summary["exact_match"],
-                 "per_intent": summary["per_intent"], "n": summary["n"],
-                 "seconds": round(time.perf_counter() - started, 3), "dtype": "float32"}
+    reference: dict[str, Any] = {"answers": answers, "n": len(rows), **_task_scores(rows, answers),
+                                 "seconds": round(time.perf_counter() - started, 3), "dtype": "float32"}
+    if scored is not None:
+        reference.update(perplexity=perplexity_of(scored["nll"], scored["tokens"]),
+                         perplexity_tokens=scored["tokens"])
     if cache is not None:
         write_atomic(cache, json.dumps({"key": key, "reference": reference}).encode("utf-8"))
     return reference
 
 
-def check_variant(variant_dir: Path, runtime: str, rows: Sequence[Mapping[str, Any]],
+def check_variant(variant_dir: Path, runtime: str, rows: Sequence[EvalRow],
                   reference: Mapping[str, Any], *, cuda: bool = False, on_target: bool = True,
                   max_new_tokens: int = 64, threads: int | None = None, timeout_s: float | None = None,
-                  events: Events | None = None, python: str = sys.executable) -> dict[str, Any]:
+                  events: Events | None = None, python: str = sys.executable,
+                  perplexity: bool = False) -> dict[str, Any]:
     """The variant's metrics on ``rows`` against ``reference`` (see the module docstring).
     ``on_target``: this machine has the hardware the variant's profile is for (else its speed
     and memory say little about the device's, and the metrics say so)."""
@@ -122,36 +154,67 @@ def check_variant(variant_dir: Path, runtime: str, rows: Sequence[Mapping[str, A
             notes.append("built for CUDA, checked on the CPU with the same graph: its accuracy carries "
                          "over to the GPU, its speed and memory do not")
         rows_path = Path(scratch) / "rows.jsonl"
-        rows_path.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows),
-                             encoding="utf-8")
+        rows_path.write_text("".join(json.dumps(_wire(r)) + "\n" for r in rows), encoding="utf-8")
         command = [python, "-m", MEASURE_MODULE, "--variant", str(run_dir), "--runtime", runtime,
                    "--rows", str(rows_path), "--max-new-tokens", str(max_new_tokens)]
         if threads:
             command += ["--threads", str(threads)]
+        if perplexity:
+            command += ["--perplexity"]
         raw = _run_child(command, variant_dir, timeout_s, events)
     return metrics_from(raw, variant_dir, rows, reference, on_target=on_target and not cuda, notes=notes)
 
 
-def metrics_from(raw: Mapping[str, Any], variant_dir: Path, rows: Sequence[Mapping[str, Any]],
+def _wire(row: EvalRow) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt": row.prompt} if row.one_turn else {"messages": list(row.messages)}
+    if row.reference is not None:
+        out["reference"] = row.reference
+    return out
+
+
+def metrics_from(raw: Mapping[str, Any], variant_dir: Path, rows: Sequence[EvalRow],
                  reference: Mapping[str, Any], *, on_target: bool = True,
                  notes: Sequence[str] = ()) -> dict[str, Any]:
     answers: list[str] = list(raw["answers"])
-    summary = summarize([{"intent": r["intent"], "prediction": p, "answer": r["answer"]}
-                         for r, p in zip(rows, answers, strict=True)])
     ref_answers = list(reference["answers"])
     agree = sum(a == b for a, b in zip(answers, ref_answers, strict=True)) / len(answers)
+    vs_fp32 = sum(rouge_l(a, b) for a, b in zip(answers, ref_answers, strict=True)) / len(answers)
     tokens, seconds, first = list(raw["tokens"]), list(raw["seconds"]), list(raw["first_token_s"])
     timed = slice(1, None) if len(seconds) > 1 else slice(None)  # the first answer warms up
     decode_tokens = sum(max(0, t - 1) for t in tokens[timed])
     decode_seconds = sum(s - f for s, f in zip(seconds[timed], first[timed], strict=True))
-    golden = [(r["prompt"], r["answer"], a) for r, a in zip(rows[:GOLDEN_ROWS], answers, strict=False)]
+    golden = [(r.prompt, r.reference, a) for r, a in zip(rows, answers, strict=True)
+              if r.one_turn and r.reference is not None][:GOLDEN_ROWS]
+    notes = list(notes)
+    quality: dict[str, Any] = {}
+    task = _task_scores(rows, answers)
+    if task and "task_metric" in reference:
+        quality = {
+            "exact_match": task["exact_match"], "per_intent": task["per_intent"],
+            "reference_exact_match": reference["exact_match"],
+            "exact_match_delta": round((task["exact_match"] - reference["exact_match"]) * 100, 4),
+            "task_metric": task["task_metric"], "task_metric_value": task["task_metric_value"],
+            "reference_task_metric": reference["task_metric_value"],
+            "metric_drop": round((reference["task_metric_value"] - task["task_metric_value"]) * 100, 4),
+            "references": task["references"], "intents": task["intents"]}
+    else:
+        quality = {"intents": False}
+    if "nll" in raw and reference.get("perplexity"):
+        variant_ppl = perplexity_of(float(raw["nll"]), int(raw.get("perplexity_tokens") or 0))
+        quality.update(perplexity=variant_ppl, reference_perplexity=reference["perplexity"],
+                       perplexity_ratio=variant_ppl / reference["perplexity"] if variant_ppl else None)
+        if raw.get("perplexity_tokens") != reference.get("perplexity_tokens") \
+                or raw.get("perplexity_unscored"):
+            notes.append(f"perplexity over {raw.get('perplexity_tokens')} tokens here, "
+                         f"{reference.get('perplexity_tokens')} in the fp32 model "
+                         f"({raw.get('perplexity_unscored', 0)} rows not scored)")
+    elif "nll" not in raw and reference.get("perplexity"):
+        notes.append(f"perplexity not measured: {raw.get('runtime')} gives no per-position logits here")
     return {
-        "n": summary["n"],
-        "exact_match": summary["exact_match"],
-        "per_intent": summary["per_intent"],
-        "reference_exact_match": reference["exact_match"],
-        "exact_match_delta": round((summary["exact_match"] - reference["exact_match"]) * 100, 4),
+        "n": len(rows),
+        **quality,
         "greedy_agreement": agree,
+        "rouge_l_vs_fp32": vs_fp32,
         # what a device downloads and loads, without slmops-variant.json (rewritten as it is stored)
         "size_bytes": dir_size(variant_dir) - (dir_size(variant_dir / VARIANT_META)
                                                if (variant_dir / VARIANT_META).is_file() else 0),
@@ -166,9 +229,9 @@ def metrics_from(raw: Mapping[str, Any], variant_dir: Path, rows: Sequence[Mappi
         "threads": raw.get("threads"),
         "checked_on": "cpu",
         "measured_on_target": on_target,
-        "notes": list(notes),
+        "notes": notes,
         "golden": {"rows": [{"prompt": p, "answer": g} for p, g, _ in golden],
-                   "correct": sum(exact_match(a, g) for _, g, a in golden)},
+                   "correct": sum(exact_match(a, g or "") for _, g, a in golden)},
     }
 
 

@@ -22,11 +22,15 @@ An operator adds profiles, or retunes a built-in one, in a YAML file::
           min_tokens_per_s: 5
           max_memory_mb: 2048
           max_p95_ms: 500                   # p95 answer latency; 0 (the default) = no limit
+          min_greedy_agreement: 0.3         # share of answers equal to the fp32 model's (0..1)
+          min_rouge_l_vs_fp32: 0.6          # mean ROUGE-L of its answers against fp32's (0..1)
+          max_metric_drop: 10               # task metric points lost against fp32 (references)
+          max_perplexity_ratio: 1.3         # variant / fp32 perplexity, when the build measures it
       - name: cpu-fp32                      # a built-in's name: only what is written changes
         gates: {min_tokens_per_s: 1}
 
-A new profile needs ``match`` and ``build``; its gates default to the precision's accuracy drop
-(int4 2, int8 1, fp16 and fp32 0.5 points), 1 token/s and 8 GiB. A file with an unknown field,
+A new profile needs ``match`` and ``build``; its gates default to the precision's (profiles.py:
+DEFAULT_MAX_DROP and DEFAULT_GENERIC), 1 token/s and 8 GiB. A file with an unknown field,
 precision or provider is refused with every problem, each naming its field
 (``custom.yaml: profiles[0].build.precision: 'int3' is not ...``). fp16 is built for cuda only and
 int8 for cpu only (onnxruntime's dynamic quantization).
@@ -42,7 +46,6 @@ from typing import Any
 from controller.build.profiles import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
-    DEFAULT_MAX_DROP,
     GB,
     INT8_SCHEMES,
     MAX_PROFILES_BYTES,
@@ -57,13 +60,15 @@ from controller.build.profiles import (
     ProfileError,
     ProfileSet,
     builtin_profiles,
+    default_gates,
 )
 
 TOP_FIELDS = ("profiles",)
 PROFILE_FIELDS = ("name", "description", "match", "build", "gates")
 MATCH_FIELDS = ("arch", "isa_flags", "min_memory_mb", "accelerator", "min_accelerator_memory_mb")
 BUILD_FIELDS = ("precision", "provider", "block_size", "accuracy_level", "int8_scheme")
-GATE_FIELDS = ("max_accuracy_drop", "min_tokens_per_s", "max_memory_mb", "max_p95_ms")
+GATE_FIELDS = ("max_accuracy_drop", "min_tokens_per_s", "max_memory_mb", "max_p95_ms", "min_greedy_agreement",
+               "min_rouge_l_vs_fp32", "max_metric_drop", "max_perplexity_ratio")
 ACCELERATORS = ("", "cuda")
 
 
@@ -247,7 +252,7 @@ def _build(raw: Any, where: str, old: BuildOptions | None, problems: list[str]) 
 
 
 def _gates(raw: Any, where: str, precision: str, old: Gates | None, problems: list[str]) -> Gates:
-    default = old or Gates(DEFAULT_MAX_DROP[precision], 1.0, 8 * GB)
+    default = old or default_gates(precision, 1.0, 8 * GB)
     if raw is None:
         return default
     if not isinstance(raw, Mapping):
@@ -258,7 +263,15 @@ def _gates(raw: Any, where: str, precision: str, old: Gates | None, problems: li
     speed = _number(raw, "min_tokens_per_s", where, default.min_tokens_per_s, problems, minimum=0)
     memory = _number(raw, "max_memory_mb", where, default.max_memory_bytes / MB, problems, minimum=1)
     p95 = _number(raw, "max_p95_ms", where, default.max_p95_ms, problems, minimum=0)
-    return Gates(float(drop), float(speed), int(memory * MB), float(p95))
+    agreement = _number(raw, "min_greedy_agreement", where, default.min_greedy_agreement, problems,
+                        minimum=0, top=1)
+    rouge = _number(raw, "min_rouge_l_vs_fp32", where, default.min_rouge_l_vs_fp32, problems,
+                    minimum=0, top=1)
+    metric_drop = _number(raw, "max_metric_drop", where, default.max_metric_drop, problems,
+                          minimum=0, top=100)
+    ratio = _number(raw, "max_perplexity_ratio", where, default.max_perplexity_ratio, problems, minimum=0)
+    return Gates(float(drop), float(speed), int(memory * MB), float(p95), float(agreement), float(rouge),
+                 float(metric_drop), float(ratio))
 
 
 def _names(raw: Mapping[str, Any], key: str, where: str, old: tuple[str, ...],

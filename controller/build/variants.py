@@ -19,6 +19,7 @@ from controller.build.builder import BuiltVariant, build_variant, merged_model, 
 from controller.build.check import check_variant, pytorch_reference, rows_sha256
 from controller.build.gates import GateResult, apply_gates, override
 from controller.build.profiles import DeviceProfile, ProfileSet, builtin_profiles
+from controller.pipeline.evaluate.rows import EvalRow
 from controller.pipeline.events import Events
 
 if TYPE_CHECKING:
@@ -34,13 +35,15 @@ class GateOverrides:
     max_accuracy_drop: float | None = None
     min_tokens_per_s: float | None = None
     max_memory_bytes: int | None = None
+    min_greedy_agreement: float | None = None
+    min_rouge_l_vs_fp32: float | None = None
+    max_metric_drop: float | None = None
+    max_perplexity_ratio: float | None = None
 
     def apply(self, profile: DeviceProfile) -> DeviceProfile:
-        from dataclasses import replace
+        from dataclasses import asdict, replace
 
-        gates = override(profile.gates, max_accuracy_drop=self.max_accuracy_drop,
-                         min_tokens_per_s=self.min_tokens_per_s, max_memory_bytes=self.max_memory_bytes)
-        return replace(profile, gates=gates)
+        return replace(profile, gates=override(profile.gates, **asdict(self)))
 
 
 @dataclass(frozen=True)
@@ -78,49 +81,61 @@ class VariantOutcome:
         return {"profile": self.profile, "precision": self.precision, "runtime": self.runtime,
                 "status": self.gate.status, "reason": self.gate.reason, "size_bytes": m.get("size_bytes"),
                 "exact_match": m.get("exact_match"), "exact_match_delta": m.get("exact_match_delta"),
-                "greedy_agreement": m.get("greedy_agreement"), "tokens_per_s": m.get("tokens_per_s"),
+                "greedy_agreement": m.get("greedy_agreement"), "rouge_l_vs_fp32": m.get("rouge_l_vs_fp32"),
+                "task_metric": m.get("task_metric"), "metric_drop": m.get("metric_drop"),
+                "perplexity_ratio": m.get("perplexity_ratio"), "tokens_per_s": m.get("tokens_per_s"),
                 "peak_memory_bytes": m.get("peak_memory_bytes")}
 
 
 def load_rows(data: Path | None, n: int = DEFAULT_TEST_ROWS,
-              seed: int = 0) -> tuple[list[dict[str, Any]], str]:
-    """The held-out rows (intent, prompt, answer) and what they are called: ``data``'s rows, or
-    without it the bundled support task's test split (n rows)."""
-    from controller.pipeline.jsonl import read_jsonl
+              seed: int = 0) -> tuple[list[EvalRow], str]:
+    """The held-out rows and what they are called: ``data``'s rows (prompt/answer rows, chat
+    rows, or prompts alone, compared with the fp32 model's answers only), or without it the
+    bundled support task's test split (n rows)."""
+    from controller.pipeline.evaluate.rows import parse_rows, read_rows
 
     if data is not None:
-        rows = read_jsonl(Path(data), required=("intent", "prompt", "answer"))
-        if not rows:
+        rows = read_rows(Path(data), need_reference=False)
+        if not any(r.asks for r in rows) or any(not r.asks for r in rows):
             from controller.pipeline.jsonl import DataError
 
-            raise DataError(f"{data}: no examples; each line is a JSON object with intent, prompt, answer")
+            raise DataError(f"{data}: text rows have no prompt to answer; a build's held-out rows are "
+                            "prompt/answer rows or chat rows")
         return rows, Path(data).name
     from controller.pipeline.task import generate
 
-    return generate("test", n, seed=seed), f"support-task test split ({n} rows, seed {seed})"
+    return (parse_rows(generate("test", n, seed=seed), "support-task test split"),
+            f"support-task test split ({n} rows, seed {seed})")
 
 
-def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Sequence[Mapping[str, Any]],
+def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile],
+                    rows: Sequence[EvalRow | Mapping[str, Any]],
                     work_dir: Path, *, model_label: str = "", data_name: str = "",
                     max_new_tokens: int = 64, threads: int | None = None,
                     gates: GateOverrides | None = None, events: Events | None = None,
-                    base_dir: Path | None = None) -> list[VariantOutcome]:
+                    base_dir: Path | None = None, perplexity: bool = False) -> list[VariantOutcome]:
     """Every profile built from ``model_dir``, checked on ``rows`` and gated (see the module
     docstring). A build error stops here (BuildError naming the profile); a gate failure is
     an outcome like any other. A LoRA adapter comes with its base (``base_dir``) and is
-    compared with the adapter merged into it."""
+    compared with the adapter merged into it. ``perplexity``: also score the references'
+    perplexity, fp32 and variant (one prefill per row; onnxruntime-genai variants only)."""
     from controller.build.genai_builder import BuildError
+    from controller.pipeline.evaluate.rows import parse_row
 
     events = events or Events()
+    held_out = [r if isinstance(r, EvalRow) else parse_row(r, f"rows: row {i}", need_reference=False)
+                for i, r in enumerate(rows, start=1)]
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     gates = gates or GateOverrides()
-    data = {data_name or "rows": rows_sha256(rows)}
+    data = {data_name or "rows": rows_sha256(held_out)}
     reference_dir = model_dir if base_dir is None else merged_model(
         Path(base_dir), Path(model_dir), work_dir / "scratch", events)
-    reference = pytorch_reference(reference_dir, rows, max_new_tokens=max_new_tokens, threads=threads,
-                                  events=events, cache=work_dir / "reference.json")
-    events.log(f"fp32 PyTorch reference: exact match {reference['exact_match']:.1%} of {reference['n']}")
+    reference = pytorch_reference(reference_dir, held_out, max_new_tokens=max_new_tokens, threads=threads,
+                                  events=events, cache=work_dir / "reference.json", perplexity=perplexity)
+    if "task_metric" in reference:
+        events.log(f"fp32 PyTorch reference: {reference['task_metric']} {reference['task_metric_value']:.3f} "
+                   f"on {reference['references']} of {reference['n']} rows")
     outcomes = []
     for number, chosen in enumerate(profiles, start=1):
         profile = gates.apply(chosen)
@@ -136,8 +151,8 @@ def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Se
                                       base_dir=base_dir)
             except BuildError as e:
                 raise BuildError(f"profile {profile.name}: {e}") from e
-            meta = _check_and_gate(built, profile, rows, reference, model_label, data, max_new_tokens,
-                                   threads, events)
+            meta = _check_and_gate(built, profile, held_out, reference, model_label, data, max_new_tokens,
+                                   threads, events, perplexity)
         outcome = VariantOutcome(profile.name, vdir, meta["precision"], meta["provider"], meta["runtime"],
                                  meta.get("build", {}), meta["metrics"],
                                  GateResult(meta["gate"]["status"], meta["gate"]["reason"],
@@ -150,16 +165,17 @@ def build_and_check(model_dir: Path, profiles: Sequence[DeviceProfile], rows: Se
     return outcomes
 
 
-def _check_and_gate(built: BuiltVariant, profile: DeviceProfile, rows: Sequence[Mapping[str, Any]],
+def _check_and_gate(built: BuiltVariant, profile: DeviceProfile, rows: Sequence[EvalRow],
                     reference: Mapping[str, Any], model_label: str, data: dict[str, str], max_new_tokens: int,
-                    threads: int | None, events: Events) -> dict[str, Any]:
+                    threads: int | None, events: Events, perplexity: bool) -> dict[str, Any]:
     from controller.build.check import this_machine
     from controller.build.matching import matches
 
     events.log(f"{profile.name}: checking on {len(rows)} prompts with {built.runtime}")
     metrics = check_variant(built.dir, built.runtime, rows, reference, cuda=profile.cuda,
                             on_target=matches(profile.match, this_machine()),
-                            max_new_tokens=max_new_tokens, threads=threads, events=events)
+                            max_new_tokens=max_new_tokens, threads=threads, events=events,
+                            perplexity=perplexity)
     metrics["data"] = data
     gate = apply_gates(profile.gates, metrics, profile.precision)
     return write_meta(built.dir, {"model": model_label, "profile": profile.name, "profile_definition":
@@ -167,9 +183,14 @@ def _check_and_gate(built: BuiltVariant, profile: DeviceProfile, rows: Sequence[
 
 
 def _line(m: Mapping[str, Any]) -> str:
-    parts = [f"exact match {m.get('exact_match', 0):.1%} ({m.get('exact_match_delta', 0):+.1f} pts)",
-             f"agreement {m.get('greedy_agreement', 0):.0%}", f"{(m.get('size_bytes') or 0) / 2**20:.1f} MiB",
-             f"{m.get('tokens_per_s') or 0:.0f} tok/s"]
+    parts = [f"agreement {m.get('greedy_agreement', 0):.0%}",
+             f"ROUGE-L vs fp32 {m.get('rouge_l_vs_fp32', 0):.2f}"]
+    if "task_metric" in m:
+        parts.append(f"{m['task_metric']} {m.get('task_metric_value', 0):.3f} "
+                     f"({-m.get('metric_drop', 0):+.1f} pts)")
+    if m.get("perplexity_ratio"):
+        parts.append(f"perplexity x{m['perplexity_ratio']:.3f}")
+    parts += [f"{(m.get('size_bytes') or 0) / 2**20:.1f} MiB", f"{m.get('tokens_per_s') or 0:.0f} tok/s"]
     return ", ".join(parts)
 
 

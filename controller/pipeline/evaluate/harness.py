@@ -16,7 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from controller.pipeline import chat
-from controller.pipeline.evaluate.metrics import percentile, summarize
+from controller.pipeline.evaluate.judge import JudgeConfig, judge_answers
+from controller.pipeline.evaluate.metrics import (
+    ANSWERS,
+    DEFAULT_METRICS,
+    JUDGE,
+    METRICS,
+    check_metrics,
+    percentile,
+    perplexity_of,
+    score_answers,
+)
+from controller.pipeline.evaluate.rows import EvalRow, has_intents, parse_row
 from controller.pipeline.events import Events
 from controller.pipeline.modelkit import ModelError, count_params, load_model
 from controller.pipeline.modelkit.loading import is_adapter_dir, looks_like_path
@@ -31,13 +42,17 @@ class Generation:
     new_tokens: int  # tokens generated, the end token included
 
 
-def format_prompt(tokenizer: Any, prompt: str) -> str:
+Prompt = str | Sequence[Mapping[str, str]]  # a user message, or the chat turns before the answer
+
+
+def format_prompt(tokenizer: Any, prompt: Prompt) -> str:
     """The tokenizer's chat template when it has one (ours yields chat.prompt_text exactly),
-    else chat.prompt_text."""
+    with the generation prompt; else chat.prompt_text of the last user turn."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return chat.prompt_text(prompt)
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    return chat.prompt_text(users[-1] if users else "")
 
 
 def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -49,7 +64,7 @@ def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def generate_detailed(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
+def generate_detailed(model: Any, tokenizer: Any, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
                       batch_size: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                       events: Events | None = None, task: str = "generate") -> list[Generation]:
     """Answer ``prompts`` in batches (left padded, similar lengths together), greedy when
@@ -107,31 +122,41 @@ def _finish(tokenizer: Any, row: list[int], ends: list[int]) -> Generation:
                       cut + 1)
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
+def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
                      batch_size: int = 32, events: Events | None = None, task: str = "generate") -> list[str]:
     """Greedy answers to ``prompts`` in the chat format, cleaned."""
     return [g.text for g in generate_detailed(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                               batch_size=batch_size, events=events, task=task)]
 
 
-def evaluate(model_ref: str | Path, rows: Sequence[Mapping[str, Any]], *, adapter_dir: Path | None = None,
-             max_new_tokens: int = 64, batch_size: int = 32, latency_samples: int = 50,
-             device: str = "auto", events: Events | None = None) -> dict[str, Any]:
+def evaluate(model_ref: str | Path, rows: Sequence[Mapping[str, Any] | EvalRow], *,
+             metrics: Sequence[str] | None = None, judge: JudgeConfig | None = None,
+             adapter_dir: Path | None = None, max_new_tokens: int = 64, batch_size: int = 32,
+             latency_samples: int = 50, device: str = "auto", events: Events | None = None) -> dict[str, Any]:
     """Score the model at ``model_ref`` (a directory or hub id; with ``adapter_dir``, that LoRA
-    adapter on it, unmerged) on ``rows`` ({"intent", "prompt", "answer"}) and time it.
+    adapter on it, unmerged) on ``rows`` (rows.py: prompt/answer, chat or text rows) with the
+    named ``metrics`` (metrics.METRICS; default exact_match and rouge_l), and time it.
 
-    Returns {"n", "exact_match", "per_intent", "rouge_l", "latency_ms": {"p50", "p95"},
-    "tokens_per_s", "latency_samples", "params", "size_bytes", "device"}. ``size_bytes`` is the
-    weight files on disk (base + adapter); for a hub id, the weights' bytes in memory."""
+    Returns {"n", "metrics": the names, each metric's value, "per_intent" (rows with intents),
+    "latency_ms": {"p50", "p95"}, "tokens_per_s", "latency_samples", "params", "size_bytes",
+    "device"}, plus "perplexity_tokens" and the judge's counts when chosen. ``size_bytes`` is
+    the weight files on disk (base + adapter); for a hub id, the weights' bytes in memory."""
     events = events or Events()
     if isinstance(latency_samples, bool) or not isinstance(latency_samples, int) or latency_samples < 1:
         raise ValueError(f"latency_samples must be an integer >= 1, got {latency_samples!r}")
-    for number, row in enumerate(rows):
-        for name in ("intent", "prompt", "answer"):
-            if not isinstance(row.get(name), str):
-                raise ValueError(f"evaluation row {number}: field {name!r} is missing or not a string")
-    if not rows:
+    parsed = [r if isinstance(r, EvalRow) else parse_row(r, f"row {i}") for i, r in enumerate(rows, start=1)]
+    if not parsed:
         raise ValueError("the evaluation set is empty")
+    names = check_metrics(list(metrics) if metrics else list(DEFAULT_METRICS))
+    asking = [r for r in parsed if r.asks]
+    answer_metrics = [n for n in names if METRICS[n].needs in (ANSWERS, JUDGE)]
+    if answer_metrics and not asking:
+        raise ValueError(f"metrics {', '.join(answer_metrics)} compare answers with references, and these "
+                         "rows are text rows (nothing to answer); choose perplexity, or give prompt/answer "
+                         "or chat rows")
+    if "judge" in names and judge is None:
+        raise ValueError("metrics: judge needs a judge endpoint "
+                         "(judge: {base_url, model, api_key_env, rubric})")
 
     model, tokenizer = load_model(model_ref, device=device, events=events)
     if adapter_dir is not None:
@@ -148,13 +173,39 @@ def evaluate(model_ref: str | Path, rows: Sequence[Mapping[str, Any]], *, adapte
         model.eval()
     resolved = str(next(model.parameters()).device)
 
-    predictions = generate_answers(model, tokenizer, [r["prompt"] for r in rows],
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size, events=events,
-                                   task="evaluate/accuracy")
-    result = summarize([{"intent": r["intent"], "prediction": p, "answer": r["answer"]}
-                        for r, p in zip(rows, predictions, strict=True)])
+    result: dict[str, Any] = {"n": len(parsed), "metrics": names}
+    if asking:
+        predictions = generate_answers(model, tokenizer, [list(r.messages) for r in asking],
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, events=events,
+                                       task="evaluate/accuracy")
+        references = [r.reference or "" for r in asking]
+        intents = [r.intent or "" for r in asking] if has_intents(asking) else None
+        result.update(score_answers(predictions, references, names, intents))
+        result["n"] = len(parsed)
+        if "judge" in names and judge is not None:
+            result.update(judge_answers(judge, [r.prompt for r in asking], references, predictions, events))
+        result["examples"] = [{"prompt": r.prompt, "reference": r.reference, "answer": p}
+                              for r, p in zip(asking[:3], predictions, strict=False)]
+    if "perplexity" in names:
+        scored = perplexity(model, tokenizer, parsed, events=events)
+        result["perplexity"], result["perplexity_tokens"] = scored["perplexity"], scored["tokens"]
 
-    timed = [r["prompt"] for r in rows[:latency_samples]]
+    if asking:
+        result.update(_timing(model, tokenizer, [list(r.messages) for r in asking[:latency_samples]],
+                              max_new_tokens, events))
+    result.update({
+        "params": count_params(model),
+        "size_bytes": weights_bytes(model_ref, getattr(model, "get_base_model", lambda: model)())
+        + (weights_bytes(adapter_dir, None, with_base=False) if adapter_dir else 0),
+        "device": resolved,
+    })
+    return result
+
+
+def _timing(model: Any, tokenizer: Any, timed: Sequence[Prompt], max_new_tokens: int,
+            events: Events) -> dict[str, Any]:
+    """Latency p50/p95 of answers generated one at a time (after one untimed warm-up answer)
+    and tokens/s over them."""
     generate_detailed(model, tokenizer, timed[:1], max_new_tokens=max_new_tokens, batch_size=1)  # warm-up
     seconds: list[float] = []
     tokens = 0
@@ -165,17 +216,44 @@ def evaluate(model_ref: str | Path, rows: Sequence[Mapping[str, Any]], *, adapte
         seconds.append(time.perf_counter() - start)
         tokens += one.new_tokens
         events.progress("evaluate/latency", number, len(timed), unit="prompt")
+    return {"latency_ms": {"p50": percentile(seconds, 50) * 1000, "p95": percentile(seconds, 95) * 1000},
+            "tokens_per_s": tokens / sum(seconds), "latency_samples": len(seconds)}
 
-    result.update({
-        "latency_ms": {"p50": percentile(seconds, 50) * 1000, "p95": percentile(seconds, 95) * 1000},
-        "tokens_per_s": tokens / sum(seconds),
-        "latency_samples": len(seconds),
-        "params": count_params(model),
-        "size_bytes": weights_bytes(model_ref, getattr(model, "get_base_model", lambda: model)())
-        + (weights_bytes(adapter_dir, None, with_base=False) if adapter_dir else 0),
-        "device": resolved,
-    })
-    return result
+
+def perplexity(model: Any, tokenizer: Any, rows: Sequence[EvalRow], *,
+               events: Events | None = None) -> dict[str, Any]:
+    """Token-level perplexity: exp of the mean negative log-likelihood per scored token, over
+    every row. A prompt/answer or chat row scores the reference's tokens given the prompt (the
+    chat template with its generation prompt; the end token is not scored); a text row scores
+    every token after its first. Rows one at a time (no padding to mask)."""
+    import torch
+
+    events = events or Events()
+    device = next(model.parameters()).device
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    nll, count = 0.0, 0
+    for number, row in enumerate(rows, start=1):
+        events.check_cancelled()
+        if row.text is not None:
+            ids = tokenizer(row.text, add_special_tokens=True)["input_ids"]
+            context = 1
+        else:
+            prompt_ids = tokenizer(format_prompt(tokenizer, list(row.messages)),
+                                   add_special_tokens=not templated)["input_ids"]
+            ids = prompt_ids + tokenizer(row.reference or "", add_special_tokens=False)["input_ids"]
+            context = len(prompt_ids)
+        if len(ids) <= context:
+            continue
+        tensor = torch.tensor([ids], device=device)
+        with torch.inference_mode():
+            logits = model(input_ids=tensor).logits[0, :-1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        targets = tensor[0, 1:]
+        picked = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)[context - 1:]
+        nll -= float(picked.sum())
+        count += int(picked.numel())
+        events.progress("evaluate/perplexity", number, len(rows), unit="row")
+    return {"perplexity": perplexity_of(nll, count), "tokens": count, "nll": nll}
 
 
 def weights_bytes(ref: str | Path, model: Any, *, with_base: bool = True) -> int:

@@ -30,8 +30,10 @@ class EvaluationError(RuntimeError):
 def evaluate_isolated(model_ref: str | Path, rows_path: Path, *, adapter_dir: Path | None = None,
                       max_new_tokens: int = 64, batch_size: int = 32, latency_samples: int = 50,
                       device: str = "auto", threads: int | None = None, timeout_s: float | None = None,
-                      events: Events | None = None) -> dict[str, Any]:
-    """``harness.evaluate`` on the rows of ``rows_path`` (JSONL: intent, prompt, answer) in a
+                      events: Events | None = None, metrics: list[str] | None = None,
+                      judge: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``harness.evaluate`` on the rows of ``rows_path`` (JSONL, rows.py's shapes) with the named
+    ``metrics`` and ``judge`` settings (judge.JudgeConfig's fields) in a
     fresh process; its result plus "peak_memory_bytes" and "baseline_memory_bytes".
     ``threads`` sets torch's thread count in the child. Raises EvaluationError with the child's
     stderr tail when it fails or runs past ``timeout_s``; Cancelled (after killing it) when
@@ -44,6 +46,10 @@ def evaluate_isolated(model_ref: str | Path, rows_path: Path, *, adapter_dir: Pa
         command += ["--adapter-dir", str(adapter_dir)]
     if threads is not None:
         command += ["--threads", str(threads)]
+    if metrics:
+        command += ["--metrics", ",".join(metrics)]
+    if judge:
+        command += ["--judge", json.dumps(judge)]
     try:
         return run_json_child(command, events, timeout_s)
     except ChildFailed as e:
@@ -91,13 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-samples", type=int, default=50)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--metrics", default="")
+    parser.add_argument("--judge", default="")
     args = parser.parse_args(argv)
 
-    from controller.pipeline.jsonl import DataError, read_jsonl
+    from controller.pipeline.evaluate.judge import JudgeConfig, JudgeError
+    from controller.pipeline.evaluate.metrics import check_metrics
+    from controller.pipeline.evaluate.rows import read_rows
+    from controller.pipeline.jsonl import DataError
 
-    try:
-        rows = read_jsonl(args.rows, required=("intent", "prompt", "answer"))
-    except DataError as e:  # before the heavy imports: a bad file fails in a blink
+    try:  # before the heavy imports: a bad file or setting fails in a blink
+        rows = read_rows(args.rows)
+        names = check_metrics(args.metrics) if args.metrics else None
+        judge = JudgeConfig.from_dict(json.loads(args.judge)) if args.judge else None
+    except (DataError, JudgeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -111,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     baseline = proc_status_bytes("VmRSS")
     try:
-        result = evaluate(args.model, rows, adapter_dir=args.adapter_dir, max_new_tokens=args.max_new_tokens,
+        result = evaluate(args.model, rows, metrics=names, judge=judge, adapter_dir=args.adapter_dir,
+                          max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, latency_samples=args.latency_samples,
                           device=args.device, events=_StdoutEvents())
-    except (ModelError, ValueError) as e:
+    except (ModelError, ValueError) as e:  # JudgeError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     result["peak_memory_bytes"] = proc_status_bytes("VmHWM")

@@ -37,9 +37,14 @@ class BuildGates:
                                                   "model (default: the profile's)")
     min_tokens_per_s: float | None = param(None, "slowest tokens/s allowed (default: the profile's)")
     max_memory_mb: float | None = param(None, "largest peak memory of the runtime (default: the profile's)")
+    min_greedy_agreement: float | None = param(None, "share of answers equal to the fp32 model's (0..1)")
+    min_rouge_l_vs_fp32: float | None = param(None, "mean ROUGE-L of the answers against fp32's (0..1)")
+    max_metric_drop: float | None = param(None, "task metric points lost against fp32 (rows with references)")
+    max_perplexity_ratio: float | None = param(None, "variant / fp32 perplexity (with perplexity: true)")
 
     def __post_init__(self) -> None:
-        for name in ("max_accuracy_drop", "min_tokens_per_s", "max_memory_mb"):
+        for name in ("max_accuracy_drop", "min_tokens_per_s", "max_memory_mb", "min_greedy_agreement",
+                     "min_rouge_l_vs_fp32", "max_metric_drop", "max_perplexity_ratio"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ParamError(name, f"must be >= 0, got {value}")
@@ -51,8 +56,11 @@ class BuildParams:
                                  "adapter is built as its base's graph plus the adapter file (CPU fp32 "
                                  "and int8) or merged into its base (other profiles)")
     profiles: list[str] = param(help="device profiles to build for (see `slmops profiles list`)")
-    data: DataRef | None = param(None, "held-out JSONL rows (intent, prompt, answer); default: the bundled "
-                                       "support task's test split", columns=("intent", "prompt", "answer"))
+    data: DataRef | None = param(None, "held-out JSONL rows: prompt/answer rows, chat rows ({messages}, the "
+                                       "last assistant turn the reference) or prompts alone; default: the "
+                                       "bundled support task's test split")
+    perplexity: bool = param(False, "also compare perplexity on the references (fp32 vs variant; one "
+                                    "prefill per row, onnxruntime-genai variants)")
     test_rows: int = param(100, "rows of the support task's test split used when no data is given")
     max_new_tokens: int = param(64, "longest answer generated")
     threads: int = param(0, "threads of the runtime under test and of the PyTorch reference (0 = their "
@@ -89,6 +97,9 @@ def profile_set(params: BuildParams) -> tuple[ProfileSet, list[DeviceProfile]]:
         raise ParamError(field, problem) from None
 
 
+REFERENCE_KEYS = ("n", "exact_match", "task_metric", "task_metric_value", "perplexity")
+
+
 class Build(Step):
     name = "build"
     summary = "build a model per device profile, check each variant with the device's runtime, gate it"
@@ -115,14 +126,16 @@ class Build(Step):
         rows, data_name = load_rows(data, params.test_rows, ctx.seed)
         g = params.gates
         overrides = GateOverrides(g.max_accuracy_drop, g.min_tokens_per_s,
-                                  None if g.max_memory_mb is None else int(g.max_memory_mb * 2**20))
+                                  None if g.max_memory_mb is None else int(g.max_memory_mb * 2**20),
+                                  g.min_greedy_agreement, g.min_rouge_l_vs_fp32, g.max_metric_drop,
+                                  g.max_perplexity_ratio)
         label = _label(params.model)
         ctx.events.log(f"{ctx.task()}: building {label} for {', '.join(p.name for p in chosen)}")
         try:
             outcomes = build_and_check(model.path, chosen, rows, ctx.dir, model_label=label,
                                        data_name=data_name, max_new_tokens=params.max_new_tokens,
                                        threads=params.threads or None, gates=overrides, events=ctx.events,
-                                       base_dir=base_dir)
+                                       base_dir=base_dir, perplexity=params.perplexity)
         except BuildError as e:
             raise StepError(str(e)) from e
         link = _link(ctx, params.model, model)
@@ -134,7 +147,7 @@ class Build(Step):
         ctx.info["variants"] = [o.summary() for o in outcomes]
         reference = json.loads((ctx.dir / "reference.json").read_text(encoding="utf-8"))["reference"]
         report = {"model": label, "data": outcomes[0].metrics["data"] if outcomes else {},
-                  "reference": {"exact_match": reference["exact_match"], "n": reference["n"]},
+                  "reference": {k: reference[k] for k in REFERENCE_KEYS if k in reference},
                   "variants": [{**o.summary(), "metrics": o.metrics,
                                 "dir": str(o.dir.relative_to(ctx.dir))} for o in outcomes]}
         out = ctx.dir / "variants.json"
