@@ -149,7 +149,7 @@ def test_good_recipe_has_typed_params_with_defaults() -> None:
     tuned = recipe.step("tuned").params
     assert tuned.lora.r == 4 and tuned.lora.alpha == 16 and "down_proj" in tuned.lora.target_modules
     student = recipe.step("student").params
-    assert isinstance(student, DistillParams) and student.kd is None and student.validator == "support"
+    assert isinstance(student, DistillParams) and student.kd is None and student.validator == "none"
     assert recipe.seed == 1 and recipe.device == "auto" and len(recipe.sha256) == 64
 
 

@@ -429,6 +429,7 @@ steps:
       prompts: ${{data.distill_prompts}}
       training: {{max_steps: 3, batch_size: 8}}
       min_success_ratio: 0.8
+      validator: support
 {extra}"""
 
 
@@ -452,6 +453,27 @@ def test_distill_from_an_openai_compatible_endpoint_keeps_only_valid_answers(tmp
     record = done_json(tmp_path / "w", "student")
     assert record["lineage"]["model"]["teacher"]["identity"]["base_url"] == server.url
     assert record["lineage"]["model"]["kind"] == "distilled"
+
+
+def test_distill_with_the_json_validator_keeps_only_answers_that_parse(tmp_path: Path) -> None:
+    from fake_openai import FakeOpenAIServer
+
+    from controller.pipeline.task import generate
+
+    pool = generate("train", 60, seed=0)
+    broken = {row["prompt"] for row in pool[40:44]}  # the teacher answers these with broken JSON
+
+    def answer(prompt: str) -> str:
+        return '{"reply": "cut' if prompt in broken else "```json\n" + json.dumps({"reply": prompt}) + "\n```"
+
+    with FakeOpenAIServer(answer=answer) as server:
+        teacher = f'{{kind: openai, base_url: "{server.url}", model: fake-teacher, retries: 0}}'
+        recipe = _distill_recipe(teacher).replace("validator: support", "validator: json")
+        result = run_recipe(load_recipe(recipe.replace("min_success_ratio: 0.8", "min_success_ratio: 0.5")),
+                            tmp_path / "w", ListEvents(), base_dir=tmp_path)
+    labelled = [json.loads(line) for line in result.outputs["student"]["labelled"].read_text().splitlines()]
+    assert len(labelled) == 16 and not broken & {row["prompt"] for row in labelled}
+    assert done_json(tmp_path / "w", "student")["info"]["synth"]["dropped"] == {"invalid": 4}
 
 
 def test_distill_from_a_down_endpoint_fails_naming_it(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.pipeline import refs
+from controller.pipeline import refs, validators
 from controller.pipeline.chatdata import PROMPTS
 from controller.pipeline.refs import DataRef, ModelRef
 from controller.pipeline.steps.base import ResolvedModel, Step, StepContext, StepError
@@ -108,8 +108,9 @@ class DistillParams:
     training: TrainingParams = field(default_factory=TrainingParams,
                                      metadata={"help": "how the student trains"})
     kd: KDParams | None = param(None, "also match the teacher's logits (local teacher, same tokenizer)")
-    validator: Literal["support", "none"] = param("support", "support: drop answers that aren't one "
-                                                             "of the bundled task's reply forms")
+    validator: Literal["none", "json", "support"] = param(
+        "none", "checks on top of empty, cut off and too long: json (the answer must parse as "
+                "JSON), support (one of the bundled task's reply forms), none")
     max_answer_chars: int = param(400, "longer answers are dropped")
     min_success_ratio: float = param(0.9, "stop if fewer answers than this share are usable")
 
@@ -187,7 +188,6 @@ class Distill(Step):
         import json
 
         from controller.pipeline.synth import label_prompts
-        from controller.pipeline.task import validate_answer
         from controller.pipeline.teachers import GenerationSettings, make_teacher
 
         meta_path = labelled.with_name(labelled.name + ".meta.json")
@@ -200,7 +200,7 @@ class Distill(Step):
         g = params.generation
         settings = GenerationSettings(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                                       top_p=g.top_p, batch_size=g.batch_size, seed=ctx.seed)
-        validator = validate_answer if params.validator == "support" else None
+        validator = validators.named(params.validator)
         report = label_prompts(teacher, prompts, labelled, settings, ctx.events,
                                max_answer_chars=params.max_answer_chars, validator=validator,
                                min_success_ratio=params.min_success_ratio)
