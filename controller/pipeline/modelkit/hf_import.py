@@ -71,7 +71,8 @@ def facts(directory: Path) -> dict[str, Any]:
     """What a user asks about a model directory: architecture, parameters, vocabulary, chat
     template, context length (from its files; slmops.json's params when known)."""
     config = read_config(directory, str(directory))
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    nested = config.get("text_config")  # multimodal configs (Gemma 3) keep the LM's fields here
+    text: dict[str, Any] = nested if isinstance(nested, dict) else {}
     tok_config: dict[str, Any] = {}
     try:
         tok_config = json.loads((Path(directory) / "tokenizer_config.json").read_text(encoding="utf-8"))
