@@ -201,8 +201,8 @@ def test_shipped_recipes_load(name: str) -> None:
 
 
 def test_every_step_describes_its_parameters() -> None:
-    assert sorted(STEPS) == ["build", "distill", "evaluate", "finetune", "generate_task", "init_model",
-                             "register"]
+    assert sorted(STEPS) == ["build", "distill", "evaluate", "finetune", "generate_task", "import_model",
+                             "init_model", "register"]
     text = STEPS["finetune"].describe()
     assert "method: 'full' | 'lora' = 'full'" in text
     assert "r: int = 8  — rank of the LoRA update matrices" in text
