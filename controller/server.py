@@ -148,7 +148,7 @@ class Controller:
                           releases=self.releases, rollouts=self.rollouts,
                           manifest_public_key=raw_public_key(signing_key)), main)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
-            PipelineServicer(self.jobs, self.registry, profiles, blobs), main)
+            PipelineServicer(self.jobs, self.registry, profiles, blobs, self.store), main)
         credentials = grpc.ssl_server_credentials(
             [(server_cert.key_pem.encode(), server_cert.cert_pem.encode())],
             root_certificates=ca.cert_pem.encode(), require_client_auth=True,

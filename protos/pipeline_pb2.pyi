@@ -397,3 +397,75 @@ class VerifyModelsResponse(_message.Message):
     blobs: int
     damaged: _containers.RepeatedCompositeFieldContainer[DamagedFile]
     def __init__(self, variants: _Optional[int] = ..., files: _Optional[int] = ..., blobs: _Optional[int] = ..., damaged: _Optional[_Iterable[_Union[DamagedFile, _Mapping]]] = ...) -> None: ...
+
+class ImportSpec(_message.Message):
+    __slots__ = ("source", "name")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    name: str
+    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ImportModelRequest(_message.Message):
+    __slots__ = ("spec", "file")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    spec: ImportSpec
+    file: FileChunk
+    def __init__(self, spec: _Optional[_Union[ImportSpec, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class ImportModelResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ExportModelRequest(_message.Message):
+    __slots__ = ("ref", "profile")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    profile: str
+    def __init__(self, ref: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class ExportedFile(_message.Message):
+    __slots__ = ("path", "size_bytes")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size_bytes: int
+    def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class ExportHeader(_message.Message):
+    __slots__ = ("ref", "profile", "sha256", "files")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    profile: str
+    sha256: str
+    files: _containers.RepeatedCompositeFieldContainer[ExportedFile]
+    def __init__(self, ref: _Optional[str] = ..., profile: _Optional[str] = ..., sha256: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ExportedFile, _Mapping]]] = ...) -> None: ...
+
+class ExportModelResponse(_message.Message):
+    __slots__ = ("header", "file")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    header: ExportHeader
+    file: FileChunk
+    def __init__(self, header: _Optional[_Union[ExportHeader, _Mapping]] = ..., file: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class DeleteModelRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class DeleteModelResponse(_message.Message):
+    __slots__ = ("model", "variants")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    variants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ..., variants: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -89,6 +89,21 @@ class PipelineServiceStub:
                 request_serializer=protos_dot_pipeline__pb2.VerifyModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_pipeline__pb2.VerifyModelsResponse.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/slmops.v1.PipelineService/ImportModel',
+                request_serializer=protos_dot_pipeline__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=protos_dot_pipeline__pb2.ImportModelResponse.FromString,
+                _registered_method=True)
+        self.ExportModel = channel.unary_stream(
+                '/slmops.v1.PipelineService/ExportModel',
+                request_serializer=protos_dot_pipeline__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=protos_dot_pipeline__pb2.ExportModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/slmops.v1.PipelineService/DeleteModel',
+                request_serializer=protos_dot_pipeline__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=protos_dot_pipeline__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -171,6 +186,31 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Submits an import job: a pretrained model (a GGUF file, a Hugging Face directory's files,
+        or a hub id) registered as kind "pretrained". The first message is the spec, then the
+        files in chunks (none for a hub id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """A version's files (or one of its variants'): first the header listing them, then each
+        file's chunks in that order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Deletes a version, its evaluations, variants and files; FAILED_PRECONDITION naming who
+        uses it when a device or an active rollout deploys it or another version is built on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +268,21 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.VerifyModels,
                     request_deserializer=protos_dot_pipeline__pb2.VerifyModelsRequest.FromString,
                     response_serializer=protos_dot_pipeline__pb2.VerifyModelsResponse.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=protos_dot_pipeline__pb2.ImportModelRequest.FromString,
+                    response_serializer=protos_dot_pipeline__pb2.ImportModelResponse.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=protos_dot_pipeline__pb2.ExportModelRequest.FromString,
+                    response_serializer=protos_dot_pipeline__pb2.ExportModelResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=protos_dot_pipeline__pb2.DeleteModelRequest.FromString,
+                    response_serializer=protos_dot_pipeline__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +582,87 @@ class PipelineService:
             '/slmops.v1.PipelineService/VerifyModels',
             protos_dot_pipeline__pb2.VerifyModelsRequest.SerializeToString,
             protos_dot_pipeline__pb2.VerifyModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/slmops.v1.PipelineService/ImportModel',
+            protos_dot_pipeline__pb2.ImportModelRequest.SerializeToString,
+            protos_dot_pipeline__pb2.ImportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slmops.v1.PipelineService/ExportModel',
+            protos_dot_pipeline__pb2.ExportModelRequest.SerializeToString,
+            protos_dot_pipeline__pb2.ExportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.PipelineService/DeleteModel',
+            protos_dot_pipeline__pb2.DeleteModelRequest.SerializeToString,
+            protos_dot_pipeline__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,7 +61,7 @@ def bad(old: str, new: str) -> str:
 @pytest.mark.parametrize("text, expected", [
     (bad("uses: distill", "uses: distil"),
      "steps[4].uses: unknown step 'distil'; did you mean distill? known: build, distill, evaluate, finetune, "
-     "generate_task, init_model, register"),
+     "generate_task, import_model, init_model, register"),
     (bad("{max_steps: 3, learning_rate: 3e-3}", "{max_steps: 3, learning_rat: 3e-3}"),
      "steps[2].with.training.learning_rat: unknown field; did you mean learning_rate?"),
     (bad("      data: ${data.train}\n      training",
@@ -129,7 +129,7 @@ def test_every_problem_is_reported_at_once() -> None:
     assert caught.value.problems == [
         "steps[3].with.lora.r: expected an integer, got 'eight'",
         "steps[4].uses: unknown step 'distil'; did you mean distill? known: build, distill, evaluate, "
-        "finetune, generate_task, init_model, register",
+        "finetune, generate_task, import_model, init_model, register",
     ]
     assert str(caught.value).startswith("recipes/x.yaml: steps[3].with.lora.r")
 
@@ -201,8 +201,8 @@ def test_shipped_recipes_load(name: str) -> None:
 
 
 def test_every_step_describes_its_parameters() -> None:
-    assert sorted(STEPS) == ["build", "distill", "evaluate", "finetune", "generate_task", "init_model",
-                             "register"]
+    assert sorted(STEPS) == ["build", "distill", "evaluate", "finetune", "generate_task", "import_model",
+                             "init_model", "register"]
     text = STEPS["finetune"].describe()
     assert "method: 'full' | 'lora' = 'full'" in text
     assert "r: int = 8  — rank of the LoRA update matrices" in text

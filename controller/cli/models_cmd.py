@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from controller.cli import bench_view, views
+from controller.cli import bench_view, model_files_cmd, views
 from controller.cli.output import CliError, console, emit, json_option, table
 from controller.cli.pipeline_client import PipelineClient
 from protos import admin_pb2, pipeline_pb2
@@ -15,7 +15,12 @@ from protos import admin_pb2, pipeline_pb2
 
 @click.group()
 def models() -> None:
-    """Registered models: list, show, compare."""
+    """Registered models: list, show, compare; import, export, delete."""
+
+
+models.add_command(model_files_cmd.import_)
+models.add_command(model_files_cmd.export)
+models.add_command(model_files_cmd.delete)
 
 
 def human_count(n: float | None) -> str:
@@ -61,6 +66,22 @@ def _show(m: dict[str, Any]) -> None:
                   f"{human_bytes(m['size_bytes'])}  created {m['created']}  job {m['job_id'] or '-'}",
                   highlight=False)
     console.print(f"  sha256 {m['sha256']}", highlight=False)
+    if m.get("facts"):
+        f = m["facts"]
+        console.print(f"  architecture {f['architecture'] or '-'} ({f['model_type'] or '-'}), "
+                      f"{human_count(f['params'])} params, vocabulary {f['vocab_size'] or '-'}, context "
+                      f"{f['context_length'] or '-'}, chat template {'yes' if f['chat_template'] else 'no'}",
+                      highlight=False)
+    if m.get("source"):
+        s = m["source"]
+        where = s.get("hub_id") or s.get("file") or s.get("path") or "-"
+        line = f"  source {s.get('format', '-')} {where}"
+        if s.get("format") == "gguf":
+            quant = ", ".join(f"{k} x{v}" for k, v in sorted(s.get("quantization", {}).items()))
+            line += f"  sha256 {s.get('sha256', '-')}  quantization {quant or '-'}"
+        console.print(line, highlight=False)
+        for name, sha in sorted(s.get("weights", {}).items()):
+            console.print(f"    weights {name} sha256 {sha}", highlight=False)
     for title, value in (("lineage", m["lineage"]), ("metrics", m["metrics"])):
         console.print(f"[bold]{title}[/bold]")
         console.print_json(json.dumps(value))
@@ -108,6 +129,9 @@ def show(obj: dict, ref: str, as_json: bool) -> None:
     client = PipelineClient(obj["config"])
     m = client.call(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=ref)).model
     view = views.model(m)
+    facts, source = view["lineage"].get("model"), view["lineage"].get("source")
+    view["facts"] = facts if isinstance(facts, dict) else None  # imported models: what the files say
+    view["source"] = source if isinstance(source, dict) else None
     found = client.call(client.stub.ListBenchmarks,
                         admin_pb2.ListBenchmarksRequest(model=view["ref"], limit=20))
     view["benchmarks"] = [bench_view.benchmark(b) for b in found.benchmarks]

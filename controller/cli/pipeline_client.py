@@ -15,6 +15,7 @@ from protos import pipeline_pb2, pipeline_pb2_grpc
 
 CHUNK_BYTES = 1 << 20  # well under any message limit (a 4 MiB message fails gRPC's default)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_IMPORT_BYTES = 256 * 2**30  # controller/services/model_io.py's limit for a model's files
 UPLOAD_S_PER_MIB = 1.0
 FOLLOW_DEADLINE_S = 7 * 24 * 3600.0  # a follow ends when the job does; this only bounds it
 RECONNECT_FOR_S = 60.0  # how long a follow retries a controller that went away
@@ -29,16 +30,16 @@ def _chunks(files: Mapping[str, Path]) -> Iterator[pipeline_pb2.FileChunk]:
                 yield pipeline_pb2.FileChunk(path=name, data=data)
 
 
-def _upload_size(files: Mapping[str, Path]) -> int:
+def _upload_size(files: Mapping[str, Path], limit: int = MAX_UPLOAD_BYTES, what: str = "a job") -> int:
     total = 0
     for name, path in files.items():
         try:
             total += path.stat().st_size
         except OSError as e:
             raise CliError(f"{name}: can't read {path}: {e.strerror}", "invalid_argument", 2) from None
-    if total > MAX_UPLOAD_BYTES:
-        raise CliError(f"the files to upload hold {total / 2**20:.1f} MiB; a job takes at most "
-                       f"{MAX_UPLOAD_BYTES // 2**20} MiB", "invalid_argument", 2)
+    if total > limit:
+        raise CliError(f"the files to upload hold {total / 2**20:.1f} MiB; {what} takes at most "
+                       f"{limit // 2**20} MiB", "invalid_argument", 2)
     return total
 
 
@@ -71,6 +72,29 @@ class PipelineClient(AdminClient):
 
         return self.call(self.pipeline.EvaluateModel, requests(),
                         DEADLINE_S + UPLOAD_S_PER_MIB * size / 2**20).job
+
+    def import_model(self, source: str, name: str, files: Mapping[str, Path]) -> pipeline_pb2.Job:
+        """Submit an import job: ``files`` (name as sent -> file here) are the GGUF file or every
+        file of the directory; none for a hub id."""
+        size = _upload_size(files, MAX_IMPORT_BYTES, "an import")
+
+        def requests() -> Iterator[pipeline_pb2.ImportModelRequest]:
+            yield pipeline_pb2.ImportModelRequest(spec=pipeline_pb2.ImportSpec(source=source, name=name))
+            for chunk in _chunks(files):
+                yield pipeline_pb2.ImportModelRequest(file=chunk)
+
+        return self.call(self.pipeline.ImportModel, requests(),
+                        DEADLINE_S + UPLOAD_S_PER_MIB * size / 2**20).job
+
+    def export_model(self, ref: str, profile: str) -> Iterator[pipeline_pb2.ExportModelResponse]:
+        """The header, then the files' chunks. The deadline allows 1 s per MiB of a 64 GiB
+        model; a stream that stops is an error, never a short file (the caller checks sizes and
+        the digest)."""
+        request = pipeline_pb2.ExportModelRequest(ref=ref, profile=profile)
+        try:
+            yield from self.pipeline.ExportModel(request, timeout=DEADLINE_S + 64 * 1024 * UPLOAD_S_PER_MIB)
+        except grpc.RpcError as e:
+            raise self.error(e) from None
 
     def watch(self, job_id: str, from_seq: int = 0, follow: bool = True
               ) -> Iterator[pipeline_pb2.WatchJobResponse]:

@@ -210,7 +210,8 @@ def _preflight(recipe: Recipe, inputs: Mapping[str, Path] | None, base_dir: Path
                     if not path.is_file():
                         raise StepError(f"data file {text!r} does not exist ({path})")
                     # Malformed rows fail now, by line number, not after an hour of training.
-                    check_file(path, columns_for(spec.step_class.Params, field_path))
+                    if not spec.step_class.opaque_data:
+                        check_file(path, columns_for(spec.step_class.Params, field_path))
                     externals[text] = file_sha256(path)
                 else:
                     if not path.is_dir():

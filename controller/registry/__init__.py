@@ -16,6 +16,7 @@ from controller.registry.records import (
     check_name,
     parse_ref,
 )
+from controller.registry.removal import InUse
 from controller.registry.sql import ModelRegistry
 from controller.registry.variants import NotDeployable, VariantRecord
 from controller.store import Conflict, NotFound
@@ -25,6 +26,7 @@ __all__ = [
     "MODEL_KINDS",
     "Conflict",
     "EvaluationRecord",
+    "InUse",
     "Invalid",
     "ModelRecord",
     "ModelRegistry",

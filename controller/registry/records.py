@@ -8,7 +8,8 @@ from typing import Any
 
 from controller.validation import Invalid
 
-MODEL_KINDS = ("base", "distilled", "finetuned", "adapter")
+# "pretrained": imported as it is (`slmops models import`), not made by slmops
+MODEL_KINDS = ("base", "distilled", "finetuned", "adapter", "pretrained")
 # Lowercase, so two names never share a directory on a case-insensitive file system.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _REF_RE = re.compile(r"^(?P<name>[^:]+)(?::(?P<version>[^:]+))?$")

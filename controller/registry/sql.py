@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from controller.registry import removal
 from controller.registry import variant_files as vfiles
 from controller.registry.database import Database
 from controller.registry.records import (
@@ -40,6 +41,7 @@ from controller.registry.records import (
 from controller.registry.schema import evaluations, metadata, models, variants
 from controller.registry.variants import (
     META_FILE,
+    VARIANTS_DIR,
     VariantEntry,
     VariantRecord,
     check_variant_entry,
@@ -378,6 +380,39 @@ class ModelRegistry:
     def path(self, record: ModelRecord) -> Path:
         """The version's directory, from its checked name and integer version only."""
         return self.models_root / check_name("name", record.name) / str(int(record.version))
+
+    # delete
+    def dependents(self, ref: str) -> builtins.list[str]:
+        """"NAME:VERSION (kind, how)" of every version built on ``ref`` (see removal.py)."""
+        record = self.get(ref)
+        return removal.dependents(record, self.path(record), [(r, self.path(r)) for r in self.list()])
+
+    def delete(self, ref: str, used_by: Sequence[str] = ()
+               ) -> tuple[ModelRecord, builtins.list[VariantRecord]]:
+        """Delete the version ``ref`` (NAME:VERSION), its evaluations, variants and files; InUse
+        naming every user when ``used_by`` (the fleet's: devices, rollouts) or its dependents
+        are not empty. Returns what was deleted."""
+        record = self.get(ref)
+        users = [*used_by, *self.dependents(record.ref)]
+        if users:
+            raise removal.InUse(f"{record.ref} is in use, not deleted: {'; '.join(users)}. Assign "
+                                "those devices another model, and delete the versions built on it "
+                                "first")
+        gone = self.variants(record.ref)
+        directories = [self.path(record), *(self.variant_path(v) for v in gone)]
+        moved: builtins.list[tuple[Path, Path]] = []
+        try:
+            with self._db.write() as conn:
+                self._db.serialize(conn, _VERSIONS_LOCK)
+                removal.delete_rows(conn, record)
+                moved = removal.move_aside(directories, self._incoming)
+        except BaseException:
+            removal.put_back(moved)
+            raise
+        variants_dir = self.models_root / VARIANTS_DIR / record.name
+        removal.remove(moved, [variants_dir / str(record.version), variants_dir,
+                               self.models_root / record.name])
+        return record, gone
 
     # evaluations
     def add_evaluation(self, ref: str, eval_name: str, metrics: Mapping[str, Any],

@@ -24,14 +24,23 @@ from controller.jobs import JobManager, JobRecord, ShuttingDown, Submission, Upl
 from controller.jobs import states as job_states
 from controller.jobs.store import check_job_id
 from controller.pipeline.jsonl import DataError, read_jsonl
-from controller.registry import EvaluationRecord, ModelRecord, ModelRegistry, VariantRecord
+from controller.registry import (
+    EvaluationRecord,
+    InUse,
+    ModelRecord,
+    ModelRegistry,
+    VariantRecord,
+    check_name,
+    parse_ref,
+)
+from controller.services import model_io
 from controller.services.common import (
     maps_errors_with,
     maps_stream_errors_with,
     require_admin,
     status_for,
 )
-from controller.store import StoreError
+from controller.store import FleetStore, StoreError
 from protos import pipeline_pb2, pipeline_pb2_grpc
 
 # Each RPC types its request and response itself.
@@ -47,7 +56,10 @@ MAX_BUILD_ROWS = 100_000
 
 
 def _status(e: Exception) -> grpc.StatusCode | None:
-    """The shared mapping, and UNAVAILABLE when the database is unreachable or we stop."""
+    """The shared mapping, FAILED_PRECONDITION for a model in use, and UNAVAILABLE when the
+    database is unreachable or we stop."""
+    if isinstance(e, InUse):
+        return grpc.StatusCode.FAILED_PRECONDITION
     if (code := status_for(e)) is not None:
         return code
     return grpc.StatusCode.UNAVAILABLE if isinstance(e, ShuttingDown | StoreError) else None
@@ -121,8 +133,10 @@ async def _receive(requests: AsyncIterator[Any], upload: Upload) -> dict[str, st
 
 class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def __init__(self, manager: JobManager, registry: ModelRegistry,
-                 profiles: ProfileSet | None = None, blobs: BlobStore | None = None) -> None:
+                 profiles: ProfileSet | None = None, blobs: BlobStore | None = None,
+                 store: FleetStore | None = None) -> None:
         self._manager, self._registry = manager, registry
+        self._store = store  # who deploys a model (DeleteModel); None: no fleet to ask
         self._blobs = blobs  # None: this controller delivers no models
         self._profiles = profiles or builtin_profiles()
 
@@ -239,6 +253,61 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             raise
         return pipeline_pb2.EvaluateModelResponse(job=job_to_proto(job))
 
+
+    @_maps_errors
+    async def ImportModel(self, request_iterator: AsyncIterator[pipeline_pb2.ImportModelRequest],
+                          context: Context) -> pipeline_pb2.ImportModelResponse:
+        from controller.pipeline.steps.import_model import import_recipe_text
+
+        await require_admin(context)
+        spec = await _first(request_iterator, "import")
+        name = check_name("name", spec.name)
+        source = validation.text("source", spec.source.strip(), 1024)
+        if not source:
+            raise validation.Invalid("source: hf:ORG/NAME, or the name of the uploaded .gguf file or "
+                                     "directory")
+        upload = Upload(self._manager.jobs_root, max_total=model_io.MAX_IMPORT_BYTES)
+        try:
+            names = await _receive(request_iterator, upload)
+            files = model_io.check_import_files(source, names)
+            text = import_recipe_text(source, name, files)
+            recipe = await asyncio.to_thread(specs.check_recipe, text, "import recipe")
+            job = await self._manager.submit(Submission("import", recipe, upload, names, {}, target=name))
+        except BaseException:
+            upload.discard()
+            raise
+        return pipeline_pb2.ImportModelResponse(job=job_to_proto(job))
+
+    @_maps_stream_errors
+    async def ExportModel(self, request: pipeline_pb2.ExportModelRequest,
+                          context: Context) -> AsyncIterator[pipeline_pb2.ExportModelResponse]:
+        await require_admin(context)
+        record = await asyncio.to_thread(self._registry.get, request.ref)
+        if request.profile:
+            variant = await asyncio.to_thread(self._registry.variant, record.ref, request.profile)
+            directory, digest = self._registry.variant_path(variant), variant.sha256
+        else:
+            directory, digest = self._registry.path(record), record.sha256
+        files = await asyncio.to_thread(model_io.listing, directory)
+        header = pipeline_pb2.ExportHeader(
+            ref=record.ref, profile=request.profile, sha256=digest,
+            files=[pipeline_pb2.ExportedFile(path=rel, size_bytes=path.stat().st_size)
+                   for rel, path in files])
+        async for response in model_io.export_stream(header, files):
+            yield response
+
+    @_maps_errors
+    async def DeleteModel(self, request: pipeline_pb2.DeleteModelRequest,
+                          context: Context) -> pipeline_pb2.DeleteModelResponse:
+        await require_admin(context)
+        if parse_ref(request.ref, "ref")[1] is None:
+            raise validation.Invalid(f"ref: {request.ref!r} names no version; delete NAME:VERSION "
+                                     "(see `slmops models list`)")
+        record = await asyncio.to_thread(self._registry.get, request.ref)
+        used_by = await asyncio.to_thread(model_io.deployed_by, self._store, record.ref)
+        deleted, gone = await asyncio.to_thread(self._registry.delete, record.ref, used_by)
+        return pipeline_pb2.DeleteModelResponse(model=model_to_proto(deleted),
+                                                variants=[v.profile for v in gone])
 
     # device variants
     @_maps_errors

@@ -92,6 +92,18 @@ def read_info(path: Path) -> GgufInfo:
         pre_tokenizer=str(_field(reader, "tokenizer.ggml.pre", "")))
 
 
+def check_architecture(info: GgufInfo, where: str) -> None:
+    """ModelError (one line) unless transformers can dequantize a GGUF of this architecture."""
+    import transformers
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    known = sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
+    if info.architecture not in known:
+        raise ModelError(f"{where}: transformers {transformers.__version__} can't dequantize a GGUF of "
+                         f"architecture {info.architecture!r} (it reads {', '.join(known)}); import "
+                         "the model's Hugging Face directory (or hf:ORG/NAME) instead")
+
+
 def _pre_tokenizer(pre: str) -> Any:
     from tokenizers import pre_tokenizers
 

@@ -5,8 +5,17 @@ package registers them all in :data:`STEPS`; it stays light (heavy imports happe
 ``python -c "from controller.pipeline.steps import STEPS; print(STEPS['distill'].describe())"``.
 """
 
-from controller.pipeline.steps import build, distill, evaluate, finetune, generate_task, init_model, register
+from controller.pipeline.steps import (
+    build,
+    distill,
+    evaluate,
+    finetune,
+    generate_task,
+    import_model,
+    init_model,
+    register,
+)
 from controller.pipeline.steps.base import STEPS, ResolvedModel, Step, StepContext, StepError, StepRecord
 
 __all__ = ["STEPS", "ResolvedModel", "Step", "StepContext", "StepError", "StepRecord", "build", "distill",
-           "evaluate", "finetune", "generate_task", "init_model", "register"]
+           "evaluate", "finetune", "generate_task", "import_model", "init_model", "register"]

@@ -42,6 +42,9 @@ class Step:
     # Run even when done before: for a step that reads more than its references (register
     # reads every evaluate step's metrics and the recipe's hash) and is cheap.
     always_run: ClassVar[bool] = False
+    # Its data references are opaque files (a GGUF, weights), not JSON lines: the runner's
+    # preflight checks they exist without reading them as rows.
+    opaque_data: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
