@@ -10,6 +10,7 @@ import click
 from controller.cli import bench_view, model_files_cmd, views
 from controller.cli.output import CliError, console, emit, json_option, table
 from controller.cli.pipeline_client import PipelineClient
+from controller.pipeline.evaluate.compare import compare_rows
 from protos import admin_pb2, pipeline_pb2
 
 
@@ -95,6 +96,10 @@ def _show(m: dict[str, Any]) -> None:
               [bench_view.row(b) for b in m["benchmarks"]])
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _fmt(x: Any, spec: str, suffix: str = "") -> str:
     return "-" if _number(x) is None else f"{x:{spec}}{suffix}"
 
@@ -105,14 +110,19 @@ def variants_table(ref: str, variants: list[dict[str, Any]]) -> None:
     for v in variants:
         mx = v["metrics"]
         status = "[green]passed[/green]" if v["status"] == "passed" else "[red]failed[/red]"
+        metric = str(mx.get("task_metric") or "exact_match")
+        value = mx.get("task_metric_value", mx.get("exact_match"))
+        dropped = _number(mx.get("metric_drop"))  # points lost against fp32: shown as a change
+        drop = -dropped if dropped is not None else mx.get("exact_match_delta")
         rows.append([v["profile"], v["precision"], human_bytes(v["size_bytes"]),
-                     pct(_number(mx.get("exact_match"))), _fmt(mx.get("exact_match_delta"), "+.1f", " pts"),
-                     pct(_number(mx.get("greedy_agreement"))),
+                     f"{metric.replace('_', ' ')} {pct(_number(value))}", _fmt(drop, "+.1f", " pts"),
+                     pct(_number(mx.get("greedy_agreement"))), pct(_number(mx.get("rouge_l_vs_fp32"))),
+                     _fmt(mx.get("perplexity_ratio"), ".3f"),
                      _fmt(mx.get("tokens_per_s"), ".0f"), human_bytes(_number(mx.get("peak_memory_bytes"))),
                      status, v["reason"] or "-"])
     table(f"variants of {ref} ({len(variants)})",
-          ["profile", "precision", "size", "exact match", "vs fp32", "agreement", "tokens/s", "peak memory",
-           "status", "reason"], rows)
+          ["profile", "precision", "size", "task metric", "vs fp32", "agreement", "ROUGE-L vs fp32",
+           "ppl ratio", "tokens/s", "peak memory", "status", "reason"], rows)
     notes = sorted({n for v in variants for n in v["metrics"].get("notes", [])})
     for note in notes:
         console.print(f"  note: {note}", highlight=False)
@@ -148,30 +158,29 @@ def _metrics_of(m: dict[str, Any], evaluation: str) -> dict[str, Any]:
     return dict(found[-1]["metrics"])
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def comparison(models: list[dict[str, Any]], metrics: list[dict[str, Any]],
+               metric: str | None = None) -> list[dict[str, Any]]:
+    """The seed's table for registered models (the first is the baseline, usually the teacher):
+    controller.pipeline.evaluate.compare's rows, with retention and parameters in percent."""
+    records = [{"model": m["ref"], "kind": m["kind"], "params": m["params"], "size_bytes": m["size_bytes"],
+                "metrics": found} for m, found in zip(models, metrics, strict=True)]
+    try:
+        rows = compare_rows(records, metric=metric)
+    except ValueError as e:
+        raise CliError(str(e), "invalid_argument", 2) from None
+    for row in rows:
+        retention, ratio = row.pop("retention"), row.pop("params_ratio")
+        row["retention_pct"] = None if retention is None else 100.0 * retention
+        row["params_pct"] = None if ratio is None else 100.0 * ratio
+    return rows
 
 
-def comparison_row(m: dict[str, Any], metrics: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
-    latency = metrics.get("latency_ms") or {}
-    row: dict[str, Any] = {
-        "model": m["ref"], "kind": m["kind"],
-        "params": m["params"] or _number(metrics.get("params")),
-        "size_bytes": m["size_bytes"],
-        "peak_memory_bytes": _number(metrics.get("peak_memory_bytes")),
-        "latency_p50_ms": _number(latency.get("p50")), "latency_p95_ms": _number(latency.get("p95")),
-        "tokens_per_s": _number(metrics.get("tokens_per_s")),
-        "exact_match": _number(metrics.get("exact_match")),
-        "data": metrics.get("data") or {},
-    }
-    b = base or row
-    row["retention_pct"] = (100.0 * row["exact_match"] / b["exact_match"]
-                            if row["exact_match"] is not None and b["exact_match"] else None)
-    row["params_pct"] = (100.0 * row["params"] / b["params"] if row["params"] and b["params"] else None)
-    row["speedup"] = (b["latency_p50_ms"] / row["latency_p50_ms"]
-                      if row["latency_p50_ms"] and b["latency_p50_ms"] else None)
-    row["same_data_as_baseline"] = row["data"] == b["data"]
-    return row
+def _score(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric in ("exact_match", "exact_match_relaxed", "rouge_l", "judge"):
+        return pct(value)
+    return f"{value:.2f}"
 
 
 def _compare_table(d: dict[str, Any]) -> None:
@@ -181,11 +190,12 @@ def _compare_table(d: dict[str, Any]) -> None:
     rows = [[r["model"] + ("" if r["same_data_as_baseline"] else " *"), human_count(r["params"]),
              fmt(r["params_pct"], ".1f", "%"), human_bytes(r["peak_memory_bytes"]),
              fmt(r["latency_p50_ms"], ".1f"), fmt(r["latency_p95_ms"], ".1f"),
-             fmt(r["tokens_per_s"], ".0f"), pct(r["exact_match"]), fmt(r["retention_pct"], ".1f", "%"),
-             fmt(r["speedup"], ".2f", "x")] for r in d["models"]]
+             fmt(r["tokens_per_s"], ".0f"), _score(r["metric"], r["accuracy"]),
+             fmt(r["retention_pct"], ".1f", "%"), fmt(r["speedup"], ".2f", "x")] for r in d["models"]]
+    metric = d["models"][0]["metric"].replace("_", " ") if d["models"] else "accuracy"
     table(f"compared with {d['baseline']} ({d['metrics']})",
           ["model", "params", "params %", "peak memory", "p50 ms", "p95 ms", "tokens/s",
-           "exact match", "retention", "speed-up"], rows)
+           metric, "retention", "speed-up"], rows)
     if not all(r["same_data_as_baseline"] for r in d["models"]):
         console.print("* measured on other data than the baseline; its retention is not a like-"
                       "for-like comparison", highlight=False)
@@ -195,9 +205,11 @@ def _compare_table(d: dict[str, Any]) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--evaluation", default="", help="compare the results of `slmops eval --name NAME` "
               "instead of the metrics each model was registered with")
+@click.option("--metric", default=None, help="the task metric compared (exact_match, rouge_l, bleu, chrf, "
+              "perplexity, judge, ...); default: the first one every model has")
 @json_option
 @click.pass_obj
-def compare(obj: dict, refs: tuple[str, ...], evaluation: str, as_json: bool) -> None:
+def compare(obj: dict, refs: tuple[str, ...], evaluation: str, metric: str | None, as_json: bool) -> None:
     """Parameters, memory, latency, accuracy and throughput side by side; retention % and
     speed-up against the first model (the teacher)."""
     if len(refs) < 2:
@@ -205,9 +217,8 @@ def compare(obj: dict, refs: tuple[str, ...], evaluation: str, as_json: bool) ->
     client = PipelineClient(obj["config"])
     found = [views.model(client.call(client.pipeline.GetModel, pipeline_pb2.GetModelRequest(ref=r)).model)
              for r in refs]
-    base = comparison_row(found[0], _metrics_of(found[0], evaluation), None)
-    rows = [base] + [comparison_row(m, _metrics_of(m, evaluation), base) for m in found[1:]]
-    emit({"baseline": base["model"], "metrics": evaluation or "registered", "models": rows},
+    rows = comparison(found, [_metrics_of(m, evaluation) for m in found], metric)
+    emit({"baseline": rows[0]["model"], "metrics": evaluation or "registered", "models": rows},
          as_json, _compare_table)
 
 

@@ -22,7 +22,7 @@ from rich.live import Live
 
 from controller.cli import bench_view, views
 from controller.cli.follow import follow, require_success
-from controller.cli.models_cmd import comparison_row
+from controller.cli.models_cmd import comparison
 from controller.cli.output import CliError
 from controller.cli.pipeline_client import PipelineClient
 from controller.cli.rollout_cmd import FINAL, render
@@ -198,9 +198,8 @@ class Demo:
         self.result.models = {"teacher": teacher["ref"], "student": student["ref"]}
         if adapter is not None:
             self.result.models["adapter"] = adapter["ref"]
-        base = comparison_row(teacher, dict(teacher["metrics"]), None)
-        self.result.comparison = [base] + [comparison_row(m, dict(m["metrics"]), base)
-                                           for m in (student, adapter) if m is not None]
+        compared = [m for m in (teacher, student, adapter) if m is not None]
+        self.result.comparison = comparison(compared, [dict(m["metrics"]) for m in compared])
         stage.detail = "registered " + ", ".join(job.models)
 
     def build(self, stage: Stage) -> None:
