@@ -485,7 +485,8 @@ def test_the_check_records_golden_prompts_and_how_many_were_answered_exactly(tmp
     answers = [f"A{i} " if i % 2 == 0 else "wrong" for i in range(25)]  # exact match normalizes
     raw = {"answers": answers, "tokens": [3] * 25, "seconds": [0.1] * 25, "first_token_s": [0.01] * 25}
     (tmp_path / "model.onnx").write_bytes(b"w")
-    reference = {"answers": answers, "exact_match": 0.5, "task_metric": "exact_match", "task_metric_value": 0.5}
+    reference = {"answers": answers, "exact_match": 0.5, "task_metric": "exact_match",
+                 "task_metric_value": 0.5}
     metrics = metrics_from(raw, tmp_path, parse_rows(rows), reference)
     assert metrics["golden"]["rows"] == [{"prompt": r["prompt"], "answer": r["answer"]}
                                          for r in rows[:GOLDEN_ROWS]]
