@@ -222,3 +222,10 @@ def test_validating_a_recipe_imports_no_ml_library() -> None:
             "('torch', 'transformers', 'peft', 'accelerate', 'tokenizers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.steps and recipe.name
