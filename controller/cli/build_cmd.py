@@ -20,8 +20,6 @@ from controller.cli.pipeline_client import UPLOAD_S_PER_MIB, PipelineClient, _ch
 from controller.settings import default_data_dir
 from protos import pipeline_pb2
 
-FIELDS = ("intent", "prompt", "answer")
-
 
 def _profile_names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -131,7 +129,7 @@ def build(obj: dict, ref: str, profiles_text: str, data: Path | None, max_accura
     Runs as a job on the controller and waits for it."""
     names = _profile_names(profiles_text)
     if data is not None:
-        check_data(data, FIELDS)
+        check_data(data)
     for flag, value in (("--max-accuracy-drop", max_accuracy_drop), ("--min-tokens-per-s", min_tokens_per_s),
                         ("--max-memory-mb", max_memory_mb)):
         if value is not None and not value >= 0:

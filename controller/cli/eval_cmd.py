@@ -11,20 +11,19 @@ import click
 from controller.cli.follow import follow, interrupted, require_success
 from controller.cli.output import CliError, console, emit, json_option
 from controller.cli.pipeline_client import PipelineClient
-from controller.pipeline.jsonl import DataError, read_jsonl
+from controller.pipeline.evaluate.rows import SHAPES, read_rows
+from controller.pipeline.jsonl import DataError
 
-FIELDS = ("id", "intent", "prompt", "answer")
 
-
-def check_data(path: Path, fields: tuple[str, ...] = FIELDS) -> int:
-    """The file is JSON lines with every one of ``fields``; the error names the file and the line."""
+def check_data(path: Path) -> int:
+    """The file holds evaluation rows; the error names the file, the line and the field."""
     try:
-        rows = read_jsonl(path, required=fields)
+        rows = read_rows(path)
     except DataError as e:
         raise CliError(f"--data: {e}", "invalid_argument", 2) from None
     if not rows:
-        raise CliError(f"--data: {path} holds no examples; each line is a JSON object with "
-                       f"{', '.join(fields)}", "invalid_argument", 2)
+        raise CliError(f"--data: {path} holds no examples; each line is one of: {SHAPES}",
+                       "invalid_argument", 2)
     return len(rows)
 
 
@@ -51,7 +50,7 @@ def _human(d: dict[str, Any]) -> None:
 @click.command("eval")
 @click.argument("ref")
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="test set, JSON lines: id, intent, prompt, answer")
+              help="test set, JSON lines: prompt/answer rows, conversations ({messages}) or {text}")
 @click.option("--name", "eval_name", default="", help="what to call this evaluation "
               "(default: the data file's name)")
 @json_option

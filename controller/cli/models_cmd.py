@@ -107,6 +107,7 @@ def _fmt(x: Any, spec: str, suffix: str = "") -> str:
 def variants_table(ref: str, variants: list[dict[str, Any]]) -> None:
     """A model's device variants: what each profile got, how it measured, whether it may ship."""
     rows = []
+    with_ppl = any(_number(v["metrics"].get("perplexity_ratio")) is not None for v in variants)
     for v in variants:
         mx = v["metrics"]
         status = "[green]passed[/green]" if v["status"] == "passed" else "[red]failed[/red]"
@@ -116,13 +117,13 @@ def variants_table(ref: str, variants: list[dict[str, Any]]) -> None:
         drop = -dropped if dropped is not None else mx.get("exact_match_delta")
         rows.append([v["profile"], v["precision"], human_bytes(v["size_bytes"]),
                      f"{metric.replace('_', ' ')} {pct(_number(value))}", _fmt(drop, "+.1f", " pts"),
-                     pct(_number(mx.get("greedy_agreement"))), pct(_number(mx.get("rouge_l_vs_fp32"))),
-                     _fmt(mx.get("perplexity_ratio"), ".3f"),
-                     _fmt(mx.get("tokens_per_s"), ".0f"), human_bytes(_number(mx.get("peak_memory_bytes"))),
-                     status, v["reason"] or "-"])
+                     pct(_number(mx.get("greedy_agreement"))), pct(_number(mx.get("rouge_l_vs_fp32")))]
+                    + ([_fmt(mx.get("perplexity_ratio"), ".3f")] if with_ppl else [])
+                    + [_fmt(mx.get("tokens_per_s"), ".0f"), human_bytes(_number(mx.get("peak_memory_bytes"))),
+                       status, v["reason"] or "-"])
     table(f"variants of {ref} ({len(variants)})",
-          ["profile", "precision", "size", "task metric", "vs fp32", "agreement", "ROUGE-L vs fp32",
-           "ppl ratio", "tokens/s", "peak memory", "status", "reason"], rows)
+          ["profile", "precision", "size", "task metric", "vs fp32", "agreement", "ROUGE-L vs fp32"]
+          + (["ppl ratio"] if with_ppl else []) + ["tokens/s", "peak memory", "status", "reason"], rows)
     notes = sorted({n for v in variants for n in v["metrics"].get("notes", [])})
     for note in notes:
         console.print(f"  note: {note}", highlight=False)

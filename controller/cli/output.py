@@ -60,8 +60,11 @@ def ago(ms: int | None, now_ms: int) -> str:
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     t = Table(title=title, title_justify="left")
-    for column in columns:
-        t.add_column(column)
+    # The first column names what a row is about (an id, a name, a profile): never cut it, the
+    # user copies it into the next command; the other columns wrap to make room.
+    first = max([len(columns[0]) if columns else 0] + [len(str(r[0])) for r in rows if r])
+    for index, column in enumerate(columns):
+        t.add_column(column, no_wrap=index == 0, min_width=first if index == 0 else None)
     for row in rows:
         t.add_row(*(str(c) for c in row))
     console.print(t)

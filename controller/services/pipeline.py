@@ -23,7 +23,8 @@ from controller.delivery.integrity import verify
 from controller.jobs import JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
 from controller.jobs import states as job_states
 from controller.jobs.store import check_job_id
-from controller.pipeline.jsonl import DataError, read_jsonl
+from controller.pipeline.evaluate.rows import SHAPES, EvalRow, read_rows
+from controller.pipeline.jsonl import DataError
 from controller.registry import (
     EvaluationRecord,
     InUse,
@@ -49,9 +50,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_RECIPE_BYTES = 1024 * 1024
 MAX_LIST = 1000
 EVAL_DATA_KEY = "eval-data.jsonl"  # the uploaded file's name inside an eval job's recipe
-EVAL_FIELDS = ("id", "intent", "prompt", "answer")
 BUILD_DATA_KEY = "build-data.jsonl"  # the uploaded file's name inside a build job's recipe
-BUILD_FIELDS = ("intent", "prompt", "answer")
 MAX_BUILD_ROWS = 100_000
 
 
@@ -384,24 +383,23 @@ def _gate_limits(limits: pipeline_pb2.GateLimits) -> dict[str, float]:
     return out
 
 
-def _check_build_data(name: str, path: Path) -> None:
+def _read_rows(name: str, path: Path) -> list[EvalRow]:
+    """Evaluation rows (prompt/answer, conversations or text); Invalid naming the upload."""
     try:
-        rows = read_jsonl(path, required=BUILD_FIELDS)
+        rows = read_rows(path)
     except DataError as e:
         raise validation.Invalid(f"files[{name}]" + str(e).removeprefix(str(path))) from None
     if not rows:
-        raise validation.Invalid(f"files[{name}]: no examples; each line is a JSON object with "
-                                 f"{', '.join(BUILD_FIELDS)}")
+        raise validation.Invalid(f"files[{name}]: no examples; each line is one of: {SHAPES}")
+    return rows
+
+
+def _check_build_data(name: str, path: Path) -> None:
+    rows = _read_rows(name, path)
     if len(rows) > MAX_BUILD_ROWS:
         raise validation.Invalid(f"files[{name}]: {len(rows)} examples; a build checks at most "
                                  f"{MAX_BUILD_ROWS}")
 
 
 def _check_eval_data(name: str, path: Path) -> None:
-    try:
-        rows = read_jsonl(path, required=EVAL_FIELDS)
-    except DataError as e:
-        raise validation.Invalid(f"files[{name}]" + str(e).removeprefix(str(path))) from None
-    if not rows:
-        raise validation.Invalid(f"files[{name}]: no examples; each line is a JSON object with "
-                                 f"{', '.join(EVAL_FIELDS)}")
+    _read_rows(name, path)
