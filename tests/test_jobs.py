@@ -346,7 +346,7 @@ def test_evaluate_refuses_unknown_models_and_malformed_data(pipeline: Pipeline, 
     cases = [("nobody:1", "\n".join(rows), "NOT_FOUND", "no model named 'nobody'"),
              ("m:1", rows[0] + "\n{broken\n", "INVALID_ARGUMENT", "files[test.jsonl]:2: malformed"),
              ("m:1", json.dumps({"id": "a", "prompt": "p"}), "INVALID_ARGUMENT",
-              "files[test.jsonl]:1: field 'intent'"),
+              "files[test.jsonl]:1: field 'answer'"),
              ("m:1", "", "INVALID_ARGUMENT", "no examples")]
     for ref, data, code, message in cases:
         requests = [pipeline_pb2.EvaluateModelRequest(spec=pipeline_pb2.EvalSpec(ref=ref)),

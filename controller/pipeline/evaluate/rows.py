@@ -135,7 +135,7 @@ def read_rows(path: Path, *, need_reference: bool = True) -> list[EvalRow]:
             raise DataError(f"{path}:{number}: expected a JSON object, one of {SHAPES}")
         rows.append(parse_row(raw, f"{path}:{number}", need_reference=need_reference))
     if not rows:
-        raise DataError(f"{path}: no rows; each line is one of {SHAPES}")
+        raise DataError(f"{path}: no examples; each line is one of {SHAPES}")
     return rows
 
 
