@@ -257,12 +257,14 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class EvalSpec(_message.Message):
-    __slots__ = ("ref", "eval_name")
+    __slots__ = ("ref", "eval_name", "metrics")
     REF_FIELD_NUMBER: _ClassVar[int]
     EVAL_NAME_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     ref: str
     eval_name: str
-    def __init__(self, ref: _Optional[str] = ..., eval_name: _Optional[str] = ...) -> None: ...
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[str] = ..., eval_name: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateModelRequest(_message.Message):
     __slots__ = ("spec", "file")

@@ -148,6 +148,18 @@ def test_eval_runs_a_job_and_keeps_the_metrics_on_the_model(env: Env, tmp_path: 
     assert evaluation["metrics"]["n"] == 3
 
 
+def test_eval_measures_the_metrics_asked_for(env: Env, tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "chosen.jsonl", "test", 3)
+    report = env.json("eval", "cli-micro-base:1", "--data", str(data), "--metrics", "rouge_l,chrf,bleu")
+    metrics = report["metrics"]
+    assert metrics["metrics"] == ["rouge_l", "chrf", "bleu"] and "exact_match" not in metrics
+    assert 0.0 <= metrics["rouge_l"] <= 1.0 and 0.0 <= metrics["chrf"] <= 100.0
+    text = env.invoke("eval", "cli-micro-base:1", "--data", str(data), "--metrics", "chrf").stdout
+    assert "chrf" in text
+    bad = env.invoke("eval", "cli-micro-base:1", "--data", str(data), "--metrics", "rouge_l,vibes")
+    assert bad.exit_code == 2 and "vibes" in bad.output
+
+
 def _bad_files(root: Path) -> dict[str, Path]:
     bad = root / "bad"
     bad.mkdir(exist_ok=True)

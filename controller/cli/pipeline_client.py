@@ -4,7 +4,7 @@ its end across a controller restart."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -61,12 +61,13 @@ class PipelineClient(AdminClient):
         return self.call(self.pipeline.SubmitJob, requests(),
                         DEADLINE_S + UPLOAD_S_PER_MIB * size / 2**20).job
 
-    def evaluate(self, ref: str, eval_name: str, data_name: str, data: Path) -> pipeline_pb2.Job:
+    def evaluate(self, ref: str, eval_name: str, data_name: str, data: Path,
+                 metrics: Sequence[str] = ()) -> pipeline_pb2.Job:
         size = _upload_size({data_name: data})
 
         def requests() -> Iterator[pipeline_pb2.EvaluateModelRequest]:
             yield pipeline_pb2.EvaluateModelRequest(
-                spec=pipeline_pb2.EvalSpec(ref=ref, eval_name=eval_name))
+                spec=pipeline_pb2.EvalSpec(ref=ref, eval_name=eval_name, metrics=list(metrics)))
             for chunk in _chunks({data_name: data}):
                 yield pipeline_pb2.EvaluateModelRequest(file=chunk)
 

@@ -52,13 +52,16 @@ def registry_name(ref: str) -> str:
     return ref.removeprefix(REGISTRY_PREFIX)
 
 
-def eval_recipe(target: str, data_name: str) -> CheckedRecipe:
-    """The recipe of an eval job: evaluate one registered model on one uploaded data file."""
+def eval_recipe(target: str, data_name: str, metrics: list[str] | None = None) -> CheckedRecipe:
+    """The recipe of an eval job: evaluate one registered model on one uploaded data file, with
+    ``metrics`` (the evaluate step's default when none)."""
     name = "eval-" + target.replace(":", "-v")
+    step: dict[str, object] = {"models": [REGISTRY_PREFIX + target], "data": data_name}
+    if metrics:
+        step["metrics"] = list(metrics)
     text = yaml.safe_dump({
         "name": name[:64],
-        "steps": [{"id": EVAL_STEP, "uses": "evaluate", "with": {
-            "models": [REGISTRY_PREFIX + target], "data": data_name}}],
+        "steps": [{"id": EVAL_STEP, "uses": "evaluate", "with": step}],
     }, sort_keys=False)
     return check_recipe(text, "eval recipe")
 

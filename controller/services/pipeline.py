@@ -23,6 +23,7 @@ from controller.delivery.integrity import verify
 from controller.jobs import JobManager, JobRecord, ShuttingDown, Submission, Upload, specs
 from controller.jobs import states as job_states
 from controller.jobs.store import check_job_id
+from controller.pipeline.evaluate.metrics import METRICS
 from controller.pipeline.evaluate.rows import SHAPES, EvalRow, read_rows
 from controller.pipeline.jsonl import DataError
 from controller.registry import (
@@ -234,6 +235,14 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         if not spec.ref:
             raise validation.Invalid("ref: which model to evaluate, e.g. support-student:2")
         validation.text("eval_name", spec.eval_name, 255)
+        metrics = list(spec.metrics)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise validation.Invalid(f"metrics: {', '.join(map(repr, unknown))} not known; choose from "
+                                     f"{', '.join(METRICS)}")
+        if "judge" in metrics:
+            raise validation.Invalid("metrics: judge needs an endpoint; use a recipe's evaluate step "
+                                     "with judge: {base_url, model, api_key_env, rubric}")
         target = (await asyncio.to_thread(self._registry.get, spec.ref)).ref
         upload = Upload(self._manager.jobs_root)
         try:
@@ -242,7 +251,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
                 raise validation.Invalid(f"files: send exactly one data file, not {len(names)}")
             (data_name, digest), = names.items()
             await asyncio.to_thread(_check_eval_data, data_name, upload.dir / digest)
-            recipe = await asyncio.to_thread(specs.eval_recipe, target, EVAL_DATA_KEY)
+            recipe = await asyncio.to_thread(specs.eval_recipe, target, EVAL_DATA_KEY, metrics)
             models = await asyncio.to_thread(self._resolve, recipe.registry_refs)
             job = await self._manager.submit(Submission(
                 "eval", recipe, upload, {EVAL_DATA_KEY: digest}, models, target=target,
