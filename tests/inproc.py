@@ -169,5 +169,9 @@ class RunningAgent:
             await asyncio.gather(self.task, return_exceptions=True)
         try:
             asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(30)
+        except TimeoutError:  # say what the agent's clean-up was still waiting on
+            waiting = [f"{t.get_coro()!r} at {t.get_stack(limit=1)}" for t in asyncio.all_tasks(self.loop)]
+            raise AssertionError("the agent's clean-up took over 30 s; still running:\n"
+                                 + "\n".join(waiting)) from None
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)

@@ -11,7 +11,8 @@ from tokenizers import Tokenizer
 
 from controller.pipeline.modelkit import ModelError
 from controller.pipeline.modelkit.bundled import smollm2_gguf
-from controller.pipeline.modelkit.gguf_import import CHECK_TEXTS, SOURCE_FILE, import_gguf, sha256_file
+from controller.pipeline.modelkit.files import file_sha256
+from controller.pipeline.modelkit.gguf_import import CHECK_TEXTS, SOURCE_FILE, import_gguf
 
 
 def test_the_imported_model_answers_with_its_own_chat_template(smollm2_dir: Path) -> None:
@@ -48,7 +49,7 @@ def test_the_tokenizer_is_byte_level_and_the_same_through_transformers_and_token
 
 def test_the_source_gguf_is_recorded_with_its_hash_and_quantization(smollm2_dir: Path) -> None:
     source = json.loads((smollm2_dir / SOURCE_FILE).read_text())
-    assert source["sha256"] == sha256_file(smollm2_gguf())
+    assert source["sha256"] == file_sha256(smollm2_gguf())
     assert source["architecture"] == "llama" and source["vocab_size"] == 49152
     assert source["quantization"]["Q4_1"] > 0
     assert (smollm2_dir / "model.safetensors").stat().st_size > 500e6  # dequantized to fp32

@@ -17,9 +17,9 @@ import pytest
 
 from controller.pipeline.events import Cancelled, ListEvents
 from controller.pipeline.jsonl import write_jsonl
+from controller.pipeline.modelkit.files import file_sha256
 from controller.pipeline.recipe import RecipeError, load_recipe
 from controller.pipeline.runner import RunError, RunResult, run_recipe
-from controller.pipeline.steps.training import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "support-tiny.yaml"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.delivery.manifest import MAX_FILES, SHA256_RE, FileEntry, ManifestRefused, check_relative_path
+from controller.registry.variant_files import hash_file
 from controller.validation import Invalid
 
 _CHUNK = 1 << 20
@@ -195,11 +196,7 @@ class BlobStore:
             if not SHA256_RE.match(path.name):
                 yield path, "not named by a sha256"
                 continue
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-            if digest.hexdigest() != path.name:
+            if hash_file(path)[1] != path.name:
                 yield path, "sha256 differs from its name"
 
 

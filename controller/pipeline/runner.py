@@ -36,10 +36,10 @@ from controller.pipeline import refs
 from controller.pipeline.chatdata import check_file
 from controller.pipeline.events import Cancelled, Events
 from controller.pipeline.jsonl import DataError, write_atomic
+from controller.pipeline.modelkit.files import file_sha256
 from controller.pipeline.recipe import Recipe, RecipeError, StepSpec, step_refs
 from controller.pipeline.steps.base import StepContext, StepError, StepRecord, external_path
 from controller.pipeline.steps.params import columns_for, to_plain
-from controller.pipeline.steps.training import file_sha256
 
 RESULT_FILE = "result.json"
 

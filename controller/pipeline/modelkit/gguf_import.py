@@ -16,19 +16,17 @@ types, architecture and the metadata a user would ask about.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.pipeline.modelkit.files import ModelError
+from controller.pipeline.modelkit.files import ModelError, file_sha256, replace_dir, temp_dir_beside
 
 SOURCE_FILE = "slmops-source.json"
 # GGUF token types (gguf.TokenType): 3 = control, 4 = user defined; both are special tokens.
 _SPECIAL_TYPES = (3, 4)
-_CHUNK = 1 << 20
 # Texts the imported tokenizer must encode to the same ids as transformers' slow path on the
 # written files, and decode back exactly: spaces, newlines, digits and non-ASCII.
 CHECK_TEXTS = ("Hello world!\n  two  spaces\tand a tab", "Order #12345 costs $67.89.",
@@ -55,14 +53,6 @@ class GgufInfo:
                 "pre_tokenizer": self.pre_tokenizer}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _reader(path: Path) -> Any:
     import gguf
 
@@ -84,7 +74,7 @@ def read_info(path: Path) -> GgufInfo:
         raise ModelError(f"{path}: the GGUF names no general.architecture")
     tokens = _field(reader, "tokenizer.ggml.tokens") or []
     return GgufInfo(
-        path=path, sha256=sha256_file(path), architecture=arch,
+        path=path, sha256=file_sha256(path), architecture=arch,
         name=str(_field(reader, "general.name", path.stem)),
         quantization=dict(collections.Counter(t.tensor_type.name for t in reader.tensors)),
         context_length=int(_field(reader, f"{arch}.context_length", 0) or 0),
@@ -187,8 +177,7 @@ def import_gguf(path: Path, out: Path) -> GgufInfo:
     if not path.is_file():
         raise ModelError(f"{path}: no such GGUF file")
     info = read_info(path)
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_dir_beside(out)
     try:
         ids = write_tokenizer(_reader(path), tmp)
         try:
@@ -203,7 +192,7 @@ def import_gguf(path: Path, out: Path) -> GgufInfo:
         model.save_pretrained(tmp, safe_serialization=True)
         check_tokenizer(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
-        tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

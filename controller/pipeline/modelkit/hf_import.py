@@ -18,8 +18,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.pipeline.modelkit.files import ModelError, read_meta, replace_dir, temp_dir_beside, write_meta
-from controller.pipeline.modelkit.gguf_import import SOURCE_FILE, sha256_file
+from controller.pipeline.modelkit.files import (
+    ModelError,
+    file_sha256,
+    read_meta,
+    replace_dir,
+    temp_dir_beside,
+    write_meta,
+)
+from controller.pipeline.modelkit.gguf_import import SOURCE_FILE
 
 KIND = "pretrained"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -120,7 +127,7 @@ def import_dir(files: Mapping[str, Path], out: Path, source: Mapping[str, Any], 
             raise ModelError(f"{where}: no weights (*.safetensors or pytorch_model*.bin) beside "
                              "config.json")
         log(f"{where}: hashing {len(weights)} weight file(s)")
-        hashes = {rel: sha256_file(tmp / rel) for rel in weights}
+        hashes = {rel: file_sha256(tmp / rel) for rel in weights}
         log(f"{where}: loading it through transformers to check it loads")
         try:
             model = AutoModelForCausalLM.from_pretrained(tmp)

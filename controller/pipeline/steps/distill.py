@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from controller.pipeline import refs, validators
 from controller.pipeline.chatdata import PROMPTS
+from controller.pipeline.modelkit.files import file_sha256
 from controller.pipeline.refs import DataRef, ModelRef
 from controller.pipeline.steps.base import ResolvedModel, Step, StepContext, StepError
 from controller.pipeline.steps.init_model import check_size
@@ -27,7 +28,6 @@ from controller.pipeline.steps.training import (
     KDParams,
     TrainingParams,
     data_name,
-    file_sha256,
     run_training,
 )
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.pipeline.modelkit.files import file_sha256
 from controller.pipeline.refs import AnyModelRef, DataRef
 from controller.pipeline.steps.base import Step, StepContext
 from controller.pipeline.steps.params import ParamError, param
-from controller.pipeline.steps.training import data_name, file_sha256
+from controller.pipeline.steps.training import data_name
 
 
 @dataclass(frozen=True, kw_only=True)

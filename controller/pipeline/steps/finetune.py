@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.pipeline.chatdata import CONVERSATIONS
+from controller.pipeline.modelkit.files import file_sha256
 from controller.pipeline.refs import DataRef, ModelRef
 from controller.pipeline.steps.base import Step, StepContext
 from controller.pipeline.steps.params import ParamError, param
@@ -21,7 +22,6 @@ from controller.pipeline.steps.training import (
     TrainingParams,
     check_qlora_possible,
     data_name,
-    file_sha256,
     run_training,
 )
 

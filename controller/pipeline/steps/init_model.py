@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.pipeline.modelkit.files import file_sha256
 from controller.pipeline.refs import AnyModelRef, DataRef, ModelRef
 from controller.pipeline.steps.base import Step, StepContext, StepError
 from controller.pipeline.steps.params import ParamError, param
-from controller.pipeline.steps.training import data_name, file_sha256
+from controller.pipeline.steps.training import data_name
 
 
 def check_size(field: str, size: str | dict[str, int | str]) -> None:

@@ -4,7 +4,6 @@ finished training leaves its result beside the model, and a rerun reuses it)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,14 +146,6 @@ def run_training(ctx: StepContext, model_source: Path | str, examples: Sequence[
         ctx.events.log(f"{ctx.task(part)}: resumed from the checkpoint at step {result.resumed_from_step}")
     write_atomic(done_file, json.dumps(summary).encode("utf-8"))
     return summary
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_name(ref: str) -> str:
