@@ -287,7 +287,8 @@ async def bench_in_child(variant_dir: Path, options: BenchOptions, timeout_s: fl
         *child_command(variant_dir, options), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            stdout, stderr = await process.communicate()
     except TimeoutError:
         raise BenchError(f"the benchmark took longer than {timeout_s:g} s and was stopped; "
                          "use fewer prompts or max tokens") from None

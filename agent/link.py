@@ -176,7 +176,8 @@ class ControllerLink:
             heartbeat_interval_ms=int(self._settings.heartbeat_interval_s * 1000),
             last_acked_seq=self._spool.last_acked_seq(),
         )))
-        first = await asyncio.wait_for(self._receive(call), self._settings.ack_timeout_s)
+        async with asyncio.timeout(self._settings.ack_timeout_s):
+            first = await self._receive(call)
         if first.WhichOneof("body") != "welcome":
             await self._raise_for_status(call)
         welcome = first.welcome
@@ -277,7 +278,8 @@ class ControllerLink:
             if not samples:
                 self._new_samples.clear()
                 try:
-                    await asyncio.wait_for(self._new_samples.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._new_samples.wait()
                 except TimeoutError:
                     pass
                 continue
@@ -285,7 +287,10 @@ class ControllerLink:
             await write(fleet_pb2.ConnectRequest(telemetry=fleet_pb2.TelemetryBatch(
                 batch_id=batch_id, samples=samples, dropped_total=self._spool.dropped_total(),
             )))
-            ack = await asyncio.wait_for(acks.get(), self._settings.ack_timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+            # arrives as the ack does, and the stream's clean-up then waited out the ack timeout.
+            async with asyncio.timeout(self._settings.ack_timeout_s):
+                ack = await acks.get()
             if ack.batch_id != batch_id:
                 raise StreamEnded(f"ack for batch {ack.batch_id}, expected {batch_id}")
             self._spool.ack_through(ack.acked_through_seq)

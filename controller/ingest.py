@@ -72,7 +72,8 @@ class IngestWriter:
                 if timeout <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                    async with asyncio.timeout(timeout):
+                        batch.append(await self._queue.get())
                 except TimeoutError:
                     break
             items = [item for item, _ in batch]

@@ -162,7 +162,8 @@ class Fetcher:
         try:
             while offset < size:
                 try:
-                    chunk = await asyncio.wait_for(call.read(), self._chunk_timeout)
+                    async with asyncio.timeout(self._chunk_timeout):
+                        chunk = await call.read()
                 except TimeoutError:
                     raise _Stalled(f"nothing received for {self._chunk_timeout:g} s") from None
                 if chunk is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks grpc.aio.EOF

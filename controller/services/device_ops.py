@@ -100,7 +100,8 @@ class DeviceOpsMixin:
         if future is None:
             return admin_pb2.DeviceBenchResponse(command_id=command_id)
         try:
-            result = await asyncio.wait_for(future, timeout_ms / 1000)
+            async with asyncio.timeout(timeout_ms / 1000):
+                result = await future
         except TimeoutError:
             raise CommandTimedOut(
                 f"device {device.name} ({device.id}) sent no benchmark within {timeout_ms / 1000:g}"
