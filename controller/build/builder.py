@@ -16,6 +16,7 @@ directory appears complete or not at all (written under a temporary name, then r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -112,7 +113,16 @@ def build_variant(model_dir: Path, profile: DeviceProfile, out_dir: Path, *, scr
         model_dir = merged_model(Path(base_dir), model_dir, scratch, events)
         extra = {"adapter": f"merged into its base ({merge_reason or 'optimum route'}): this variant "
                             "carries the whole model"}
-    arch = architecture(model_config(model_dir))
+    config = model_config(model_dir)
+    arch = architecture(config)
+    if profile.precision == "int4":
+        block = quantize.fit_block_size(config, profile.build.block_size)
+        if block != profile.build.block_size:
+            events.log(f"{profile.name}: int4 block size {block} instead of {profile.build.block_size}: "
+                       f"{profile.build.block_size} does not divide the model's widths")
+            extra["block_size_fitted"] = f"{block} (the profile asks {profile.build.block_size}; it does not " \
+                                         "divide the model's widths)"
+            profile = dataclasses.replace(profile, build=dataclasses.replace(profile.build, block_size=block))
     if arch in GENAI_ARCHITECTURES:
         built = _genai(model_dir, profile, out_dir, scratch, events)
     else:

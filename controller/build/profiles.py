@@ -142,8 +142,8 @@ BUILTIN: tuple[DeviceProfile, ...] = (
         # Block 128 (the group size of onnxruntime's own int4 quantizer and of GPTQ/AWQ): on the
         # 80 M bench model 525-570 tok/s against 460-480 at block 64 and 415-440 at block 32,
         # measured in turns on one 2-core host; no exact-match loss on the demo student at any of
-        # them (docs/benchmarks.md). A model that loses too much at 128 fails the quality gates
-        # (SmolLM2, width 576, does); a custom profile with block_size 32 builds it finer.
+        # them (docs/benchmarks.md). A model whose widths 128 does not divide (SmolLM2: 576) is
+        # built at the largest block that does (quantize.fit_block_size: 64 for SmolLM2).
         BuildOptions("int4", "cpu", block_size=128, accuracy_level=4), default_gates("int4", 10.0, 4 * GB)),
     DeviceProfile(
         "cpu-x86-avx2-int8", "x86-64 with AVX2: int8 dynamic quantization",

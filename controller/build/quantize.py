@@ -63,6 +63,20 @@ def dynamic_int8(src_dir: Path, out_dir: Path, scheme: str, model_file: str = MO
             "weights": str(config.weights_dtype.name), "activations": str(config.activations_dtype.name)}
 
 
+def fit_block_size(config: dict[str, Any], block_size: int) -> int:
+    """The largest block size up to ``block_size`` (16 at least) that divides every matrix's
+    input width (hidden, intermediate, attention heads x head dim). A block that does not divide
+    it is padded, and SmolLM2 (width 576) at block 128 loses its answers after a few tokens."""
+    hidden = int(config.get("hidden_size") or 0)
+    heads = int(config.get("num_attention_heads") or 0)
+    head_dim = int(config.get("head_dim") or (hidden // heads if heads else 0))
+    widths = [w for w in (hidden, int(config.get("intermediate_size") or 0), heads * head_dim) if w]
+    block = block_size
+    while block > 16 and any(w % block for w in widths):
+        block //= 2
+    return block
+
+
 def int4_weights(src_dir: Path, out_dir: Path, block_size: int, accuracy_level: int,
                  model_file: str = MODEL) -> dict[str, Any]:
     """Block-wise int4 weights (MatMulNBits); the options used."""

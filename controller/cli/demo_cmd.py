@@ -53,15 +53,21 @@ def _fresh(data_dir: Path) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="where the demo's controller and agents keep their state "
                    "(default ~/.local/share/slmops/demo; an earlier demo there is replaced)")
+@click.option("--quick", is_flag=True,
+              help="the same flow on the same real model with less training "
+                   "(recipes/smollm2-support-quick.yaml): fewer right answers, in about half the time")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None,
-              help="the recipe to run (default: recipes/support-demo.yaml; "
-                   "recipes/support-tiny.yaml is a toy: the same flow in two to three minutes)")
+              help="the recipe to run instead (default: recipes/smollm2-support.yaml; "
+                   "recipes/support-tiny.yaml is a toy on random-initialised models, for a fast look)")
 @click.option("--keep", is_flag=True, help="leave the controller and agents running at the end")
 @click.option("--bake", default="10s", show_default=True, help="how long each rollout wave bakes")
 @json_option
-def demo(data_dir: Path | None, recipe: Path | None, keep: bool, bake: str, as_json: bool) -> None:
-    """Start a controller and three agents (int4, int8 and fp32 profiles), run the demo recipe
-    (teacher, distilled student, LoRA update, evaluation), build the student for each profile,
+def demo(data_dir: Path | None, quick: bool, recipe: Path | None, keep: bool, bake: str,
+         as_json: bool) -> None:
+    """Start a controller and three agents (int4, int8 and fp32 profiles), import the real
+    pretrained model the recipe starts from (SmolLM2-135M-Instruct), run the demo recipe (a
+    teacher fine-tuned from it, a smaller student distilled from the teacher, evaluation),
+    build the student for each profile,
     roll it out canary first with health gates, ask each device through its OpenAI endpoint,
     benchmark each device, and print the fleet, the teacher against the student, the
     benchmarks and the telemetry. Nothing is left running unless --keep."""
@@ -70,10 +76,13 @@ def demo(data_dir: Path | None, recipe: Path | None, keep: bool, bake: str, as_j
     from controller.demo.report import print_report
 
     data_dir = (data_dir or default_data_dir().parent / "demo").expanduser().resolve()
-    recipe = (recipe or RECIPES / "support-demo.yaml").expanduser()
+    if quick and recipe is not None:
+        raise CliError("--quick picks the recipe; give either --quick or --recipe", "invalid_argument", 2)
+    default = "smollm2-support-quick.yaml" if quick else "smollm2-support.yaml"
+    recipe = (recipe or RECIPES / default).expanduser()
     if not recipe.is_file():
         raise CliError(f"--recipe: {recipe} does not exist; pass a recipe file (the repository's "
-                       "recipes/support-demo.yaml is the default)", "invalid_argument", 2)
+                       f"recipes/{default} is the default)", "invalid_argument", 2)
     bake_s = duration_ms(bake, "--bake") / 1000
     _fresh(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

