@@ -321,6 +321,36 @@ def test_the_kd_loss_is_the_cross_entropy_at_alpha_0_and_adds_no_kl_for_an_ident
     assert torch.allclose(kd_loss(logits, other, labels, KDSettings(alpha=1.0)), torch.tensor(0.0), atol=1e-6)
 
 
+def test_logits_kept_only_where_the_loss_is_give_the_same_losses_and_gradients() -> None:
+    """Training asks the model for logits at answer_positions only (logits_to_keep); the losses
+    and the gradients are those of the full logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from controller.pipeline.train.kd import answer_positions
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2))
+    ids = torch.randint(3, 40, (2, 9))
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 5:8], labels[1, 3:9] = ids[0, 5:8], ids[1, 3:9]
+    positions = answer_positions(labels)
+    assert positions.tolist() == [2, 3, 4, 5, 6, 7]
+    teacher = torch.randn(2, 9, 40)
+    full = model(input_ids=ids).logits
+    kept = model(input_ids=ids, logits_to_keep=positions).logits
+    assert kept.shape == (2, 6, 40)
+    for loss_full, loss_kept in (
+            (answer_ce(full, labels), answer_ce(kept, labels, positions)),
+            (kd_loss(full, teacher, labels, KDSettings()),
+             kd_loss(kept, teacher[:, positions], labels, KDSettings(), positions))):
+        assert torch.allclose(loss_full, loss_kept, atol=1e-6)
+        grads = [torch.autograd.grad(loss, model.model.embed_tokens.weight, retain_graph=True)[0]
+                 for loss in (loss_full, loss_kept)]
+        assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
 @pytest.mark.parametrize("factory, fields, message", [
     (TrainSettings, {"learning_rate": 0}, "train.learning_rate must be a number in (0, 1], got 0"),
     (TrainSettings, {"batch_size": 0}, "train.batch_size must be an integer >= 1, got 0"),

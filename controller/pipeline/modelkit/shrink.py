@@ -82,7 +82,9 @@ def shrink(model: Any, tokenizer: Any, layers: Sequence[int], out: Path) -> dict
     tmp = temp_dir_beside(out)
     student.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    kept = {"teacher_layers": total, "kept_layers": keep}
+    kept = {"teacher_layers": total, "kept_layers": keep,
+            "teacher_params": sum(p.numel() for p in model.parameters()),
+            "student_params": sum(p.numel() for p in student.parameters())}
     (tmp / "slmops-shrink.json").write_text(json.dumps(kept) + "\n")
     replace_dir(tmp, out)
     return kept

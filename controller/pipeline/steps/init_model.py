@@ -117,7 +117,7 @@ def _vocab_size(tokenizer_dir: Path) -> int:
 
 
 def _from_teacher(ctx: StepContext, params: InitModelParams, ref: str) -> dict[str, Path]:
-    from controller.pipeline.modelkit import count_params, load_model
+    from controller.pipeline.modelkit import load_model
     from controller.pipeline.modelkit.shrink import every_kth, shrink
 
     out = ctx.dir / "model"
@@ -131,8 +131,9 @@ def _from_teacher(ctx: StepContext, params: InitModelParams, ref: str) -> dict[s
         keep = list(params.layers) or every_kth(total, params.keep_every)
         kept = shrink(model, tokenizer, keep, out)
         ctx.events.log(f"{ctx.task()}: student of {len(kept['kept_layers'])} of the teacher's "
-                       f"{total} layers ({kept['kept_layers']}), {count_params(model) / 1e6:.1f} M "
-                       "parameters in the teacher")
+                       f"{total} layers ({kept['kept_layers']}): {kept['student_params'] / 1e6:.1f} M of "
+                       f"its {kept['teacher_params'] / 1e6:.1f} M parameters "
+                       f"({kept['student_params'] / kept['teacher_params']:.0%})")
         ctx.info["kept_layers"] = kept["kept_layers"]
     ctx.lineage["model"] = {"kind": "base", "from_teacher": teacher.lineage(),
                             "kept_layers": ctx.info.get("kept_layers") or list(params.layers)

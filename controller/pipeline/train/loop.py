@@ -119,21 +119,25 @@ def train(model_dir: Path | str, examples: Sequence[Any], out_dir: Path, *, work
     pad_id = tokenizer.pad_token_id
     window: list[float] = []
     loop_started = time.monotonic()
+    # logits only where the loss is, when the model (and the teacher) can compute them so
+    only_answers = all(_keeps_logits(m) for m in (accelerator.unwrap_model(model), teacher) if m is not None)
     for step in range(start, total):
         events.check_cancelled()
         indices = data.shard(data.batch_indices(len(encoded), global_batch, settings.seed, step),
                              accelerator.process_index, world)
         batch = {k: v.to(accelerator.device)
                  for k, v in data.collate([encoded[i] for i in indices], pad_id).items()}
+        positions = kdmod.answer_positions(batch["labels"]) if only_answers else None
+        keep = {"logits_to_keep": positions} if only_answers else {}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits
+                       use_cache=False, **keep).logits
         if teacher is not None and kd is not None:  # both or neither, checked above
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         use_cache=False).logits
-            loss = kdmod.kd_loss(logits, teacher_logits, batch["labels"], kd)
+                                         use_cache=False, **keep).logits
+            loss = kdmod.kd_loss(logits, teacher_logits, batch["labels"], kd, positions)
         else:
-            loss = kdmod.answer_ce(logits, batch["labels"])
+            loss = kdmod.answer_ce(logits, batch["labels"], positions)
         accelerator.backward(loss)
         if settings.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, settings.max_grad_norm)
@@ -165,6 +169,15 @@ def train(model_dir: Path | str, examples: Sequence[Any], out_dir: Path, *, work
     accelerator.wait_for_everyone()
     return TrainResult(steps=total, final_loss=last_loss, seconds=time.monotonic() - started,
                        resumed_from_step=start, examples=len(encoded), trained_tokens=trained_tokens)
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the causal LM under ``model`` (a PEFT wrapper passes it on) takes
+    ``logits_to_keep`` as positions: transformers' Llama, Qwen2, Phi-3, Gemma, ... do."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _model_source(ref: str) -> Path | str:
