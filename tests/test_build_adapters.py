@@ -95,3 +95,38 @@ def test_an_adapter_of_lm_head_is_built_from_the_merged_model(tiny: variants.Tin
     assert not (outcome.dir / ADAPTER_FILE).exists()
     assert "merged into its base" in outcome.build["adapter"] and "lm_head" in outcome.build["adapter"]
     assert outcome.metrics["greedy_agreement"] == 1.0
+
+
+def test_an_adapter_trained_on_a_registry_name_finds_the_version_it_was_trained_on(tmp_path: Path) -> None:
+    """An adapter a job trained on `registry:smol` keeps that reference in its lineage (no version);
+    `slmops build --local` builds it on the version directory its adapter_config.json names, not
+    "a base that is not registered"; a base outside the registry is still refused in one line."""
+    from controller.build.variants import adapter_base
+    from controller.registry import ModelRegistry
+    from controller.validation import Invalid
+
+    registry = ModelRegistry(f"sqlite:///{tmp_path / 'fleet.db'}", tmp_path / "models")
+    try:
+        for version in (1, 2):  # the adapter was trained on smol:1; smol:2 came later
+            base_src = tmp_path / f"base-{version}"
+            base_src.mkdir()
+            (base_src / "config.json").write_text(json.dumps({"model_type": "llama", "v": version}))
+            registry.register([{"name": "smol", "kind": "pretrained", "path": str(base_src)}])
+        trained_on = registry.path(registry.get("smol:1"))
+
+        def adapter(name: str, base: Path) -> object:
+            src = tmp_path / name
+            src.mkdir()
+            (src / "adapter_config.json").write_text(json.dumps(
+                {"base_model_name_or_path": str(base), "peft_type": "LORA"}))
+            (record,) = registry.register([{"name": name, "kind": "adapter", "path": str(src),
+                                            "lineage": {"base": {"ref": "registry:smol"}}}])
+            return record
+
+        assert adapter_base(registry, adapter("smol-lora", trained_on)) == trained_on
+        outside = tmp_path / "elsewhere"
+        shutil.copytree(trained_on, outside)
+        with pytest.raises(Invalid, match="smol-stray:1 is a LoRA adapter whose base is not a registered"):
+            adapter_base(registry, adapter("smol-stray", outside))
+    finally:
+        registry.close()

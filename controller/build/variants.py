@@ -195,15 +195,36 @@ def _line(m: Mapping[str, Any]) -> str:
 
 
 def adapter_base(registry: ModelRegistry, record: Any) -> Path | None:
-    """The registered base of an adapter version (its lineage's ``base.registered``); None for a
-    whole model. Raises ValueError when an adapter's base is not in the registry."""
+    """The registered base of an adapter version: its lineage's ``base.registered`` (a base
+    registered with it), else the version directory its ``adapter_config.json`` names (an adapter
+    trained on ``registry:NAME``, whose lineage keeps the reference as the recipe wrote it, the
+    directory being the exact version it was trained on); None for a whole model. Raises
+    Invalid (a ValueError) when an adapter's base is not in the registry."""
+    from controller.validation import Invalid
+
     if record.kind != "adapter":
         return None
     base = (record.lineage.get("base") or {}).get("registered") if isinstance(record.lineage, dict) else None
-    if not base:
-        raise ValueError(f"{record.ref} is a LoRA adapter whose base is not a registered model; register "
-                         "the base (or the merged model) and build that")
-    return registry.path(registry.get(base))
+    if base:
+        return registry.path(registry.get(base))
+    named = read_adapter_base(registry.path(record))
+    root = registry.models_root.resolve()
+    if named and named.is_absolute() and named.resolve().is_relative_to(root) and named.is_dir():
+        return named
+    raise Invalid(f"{record.ref} is a LoRA adapter whose base is not a registered model; register "
+                     "the base (or the merged model) and build that")
+
+
+def read_adapter_base(adapter_dir: Path) -> Path | None:
+    """The base directory an adapter's ``adapter_config.json`` names (None: none, or a hub id)."""
+    import json
+
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return Path(base) if isinstance(base, str) and base.startswith("/") else None
 
 
 def build_model_variants(registry: ModelRegistry, ref: str, profiles: Sequence[str | DeviceProfile],
