@@ -5,14 +5,17 @@ real agent daemons beside it, each on an event loop thread of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from click.testing import CliRunner, Result
 
 from agent.daemon import Agent, AgentSettings
 from agent.enroll import enroll
@@ -175,3 +178,21 @@ class RunningAgent:
                                  + "\n".join(waiting)) from None
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@dataclass
+class ControllerCli:
+    """The `slmops` CLI, as a user runs it, against a controller running in this process."""
+
+    ctl: RunningController
+
+    def invoke(self, *args: str) -> Result:
+        from controller.cli.main import cli
+
+        return CliRunner().invoke(cli, ["--config", self.ctl.endpoints.config_path, *args], obj={})
+
+    def json(self, *args: str) -> Any:
+        """The command's --json output; it must succeed."""
+        result = self.invoke(*args, "--json")
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        return json.loads(result.stdout)

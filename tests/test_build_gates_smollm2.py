@@ -1,8 +1,9 @@
 """A real pretrained model (SmolLM2-135M-Instruct) built for the fp32 and the AVX-512 int4
 profiles and judged by the gates that hold for any model: greedy agreement with the fp32
 PyTorch model, ROUGE-L against its answers, the task metric's drop on the references and the
-perplexity ratio. int4 at block 128 does not divide SmolLM2's width (576): its answers drift
-from the fp32 model's after a few tokens, and the quality gates say so. About 80 s here."""
+perplexity ratio. The AVX-512 profile's int4 block (128) does not divide SmolLM2's width (576):
+padded, its answers drifted from the fp32 model's after a few tokens, so the build fits the block
+to the model (64) and says so in the variant's record. About 80 s here."""
 
 from __future__ import annotations
 
@@ -69,5 +70,6 @@ def test_smollm2_fp32_passes_and_int4_is_judged_by_the_generic_measures(smollm2_
     assert f["greedy_agreement"] == 1.0 and f["perplexity_ratio"] == pytest.approx(1.0, abs=0.01)
 
     q = by["cpu-x86-avx512-int4"]
-    assert q.metrics["greedy_agreement"] < 0.5 and q.metrics["perplexity_ratio"] > 1.0
-    assert q.status == "failed" and "ROUGE-L against fp32's answers" in q.gate.reason
+    assert q.build["options"]["int4_block_size"] == "64", q.build
+    assert q.build["block_size_fitted"].startswith("64 (the profile asks 128"), q.build
+    assert q.metrics["perplexity_ratio"] > 1.0  # int4 is not free; the gates weigh how much

@@ -12,11 +12,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from inproc import RunningController
+from inproc import ControllerCli, RunningController
 
 from agent.delivery.phases import to_proto as phase_to_proto
 from controller.cli.main import cli
@@ -29,18 +28,9 @@ def sha256(path: Path) -> str:
 
 
 @dataclass
-class Env:
-    ctl: RunningController
+class Env(ControllerCli):
     root: Path
     imported: Result
-
-    def invoke(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["--config", self.ctl.endpoints.config_path, *args], obj={})
-
-    def json(self, *args: str) -> Any:
-        result = self.invoke(*args, "--json")
-        assert result.exit_code == 0, (result.output, result.exception)
-        return json.loads(result.stdout)
 
     def error(self, *args: str) -> str:
         result = self.invoke(*args, "--json")

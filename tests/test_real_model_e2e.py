@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from inproc import RunningAgent, RunningController
+from inproc import ControllerCli, RunningAgent, RunningController
 
-from controller.cli.main import cli
 from controller.pipeline.modelkit.bundled import smollm2_gguf
 
 pytestmark = pytest.mark.integration
@@ -98,17 +96,8 @@ def _wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
 
 
 @dataclass
-class Env:
-    ctl: RunningController
+class Env(ControllerCli):
     root: Path
-
-    def invoke(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, ["--config", self.ctl.endpoints.config_path, *args], obj={})
-
-    def json(self, *args: str) -> Any:
-        result = self.invoke(*args, "--json")
-        assert result.exit_code == 0, (args, result.output, result.exception)
-        return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
