@@ -100,3 +100,19 @@ def test_a_demo_dir_that_is_not_a_demo_or_still_runs_is_refused(tmp_path: Path) 
     (kept / "demo.json").write_text(json.dumps({"processes": []}))
     _fresh(kept)  # an earlier demo that stopped: replaced
     assert not kept.exists()
+
+
+def test_the_demo_imports_the_bundled_models_its_recipe_starts_from() -> None:
+    from controller.demo.flow import bundled_models
+
+    assert bundled_models((REPO / "recipes" / "smollm2-support.yaml").read_text()) == ["smollm2"]
+    assert bundled_models((REPO / "recipes" / "support-tiny.yaml").read_text()) == []
+    assert bundled_models("model: registry:mine\nteacher: registry:smollm2") == ["smollm2"]
+
+
+def test_quick_and_a_recipe_together_are_refused(tmp_path: Path) -> None:
+    tiny = str(REPO / "recipes" / "support-tiny.yaml")
+    done = subprocess.run([str(SLMOPS), "demo", "--quick", "--recipe", tiny, "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "give either --quick or" in done.stderr
+    assert not any(tmp_path.iterdir())

@@ -192,6 +192,14 @@ steps:
     assert registry_refs(recipe) == [] and file_refs(recipe) == ["prompts.jsonl"]
 
 
+@pytest.mark.parametrize("name", ["smollm2-support.yaml", "smollm2-support-quick.yaml"])
+def test_the_real_model_demo_recipes_start_from_the_imported_smollm2(name: str) -> None:
+    recipe = load_recipe(REPO / "recipes" / name)
+    assert registry_refs(recipe) == ["registry:smollm2"] and file_refs(recipe) == []
+    assert [s.uses for s in recipe.steps] == ["generate_task", "finetune", "init_model", "distill",
+                                               "evaluate", "register"]
+
+
 @pytest.mark.parametrize("name", ["support-demo.yaml", "support-tiny.yaml"])
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(REPO / "recipes" / name)
