@@ -25,7 +25,6 @@ one of system, user, assistant``. Evaluation reads its rows through the same fun
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from controller.pipeline.jsonl import DataError
+from controller.pipeline.jsonl import DataError, numbered_objects
 
 ROLES = ("system", "user", "assistant")
 # The ``columns`` a step declares for a data parameter in these formats (see steps.params.param).
@@ -196,20 +195,7 @@ def _checked(messages: tuple[dict[str, Any], ...], where: str, extra: dict[str, 
 
 
 def _read(path: Path, needs_answer: bool) -> list[Conversation]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    rows: list[Conversation] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            rows.append(conversation(row, where, needs_answer=needs_answer))
+    rows = [conversation(row, where, needs_answer=needs_answer) for where, row in numbered_objects(path)]
     if not rows:
         raise DataError(f"{path}: no rows ({SHAPES if needs_answer else PROMPT_SHAPES})")
     return rows

@@ -12,13 +12,12 @@ replace the chat part once it lands.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.pipeline.jsonl import DataError
+from controller.pipeline.jsonl import DataError, numbered_objects
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAPES = ('prompt/answer rows {"prompt", "answer"}, chat rows {"messages": [...]} '
@@ -119,21 +118,7 @@ def parse_rows(raw_rows: Sequence[Mapping[str, Any]], origin: str = "rows", *,
 def read_rows(path: Path, *, need_reference: bool = True) -> list[EvalRow]:
     """The rows of a JSONL file; DataError naming the file, the line and the field of the first
     bad one (``data/test.jsonl:7: messages[1].role: ...``). Blank lines are skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: can't read it ({e})") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{number}: malformed JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, one of {SHAPES}")
-        rows.append(parse_row(raw, f"{path}:{number}", need_reference=need_reference))
+    rows = [parse_row(raw, where, need_reference=need_reference) for where, raw in numbered_objects(path)]
     if not rows:
         raise DataError(f"{path}: no examples; each line is one of {SHAPES}")
     return rows
