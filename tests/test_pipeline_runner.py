@@ -455,6 +455,32 @@ def test_distill_from_an_openai_compatible_endpoint_keeps_only_valid_answers(tmp
     assert record["lineage"]["model"]["kind"] == "distilled"
 
 
+def test_distill_asks_the_teacher_whole_conversations_and_trains_on_them(tmp_path: Path) -> None:
+    from fake_openai import FakeOpenAIServer
+
+    pirate = [{"role": "system", "content": "Answer as a pirate."}, {"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Ahoy."}, {"role": "user", "content": "Where is order 7?"}]
+    rows = [{"id": "c1", "messages": pirate},
+            {"id": "c2", "messages": [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Where is order 8?"}]},
+            {"id": "p1", "prompt": "Where is order 9?"}]
+    write_jsonl(tmp_path / "prompts.jsonl", rows)
+    recipe = _distill_recipe("TEACHER").replace("${data.distill_prompts}", "prompts.jsonl").replace(
+        "validator: support", "validator: none")
+    with FakeOpenAIServer() as server:
+        teacher = f'{{kind: openai, base_url: "{server.url}", model: fake-teacher, retries: 0}}'
+        result = run_recipe(load_recipe(recipe.replace("TEACHER", teacher)), tmp_path / "w", ListEvents(),
+                            base_dir=tmp_path)
+    sent = {r["prompt"]: r["body"]["messages"] for r in server.requests}
+    assert sent == {"Where is order 7?": pirate, "Where is order 8?": rows[1]["messages"],
+                    "Where is order 9?": [{"role": "user", "content": "Where is order 9?"}]}
+    labelled = {r["id"]: r["messages"] for r in map(json.loads,
+                                                    result.outputs["student"]["labelled"].read_text().splitlines())}
+    assert labelled == {row["id"]: [*sent[text], {"role": "assistant", "content": f"answer to: {text}"}]
+                        for row, text in zip(rows, sent, strict=True)}
+    assert done_json(tmp_path / "w", "student")["info"]["synth"]["kept"] == 3
+
+
 def test_distill_with_the_json_validator_keeps_only_answers_that_parse(tmp_path: Path) -> None:
     from fake_openai import FakeOpenAIServer
 

@@ -189,6 +189,48 @@ def test_answers_from_another_teacher_or_settings_are_not_reused(tmp_path: Path,
     assert (report.asked, report.reused) == (6, 0)
 
 
+def conversations() -> list[dict[str, Any]]:
+    """Two conversations ending with the same user turn, told apart by what came before."""
+    last = {"role": "user", "content": "Where is order 7?"}
+    return [{"id": "c1", "messages": [{"role": "system", "content": "Answer as a pirate."},
+                                      {"role": "user", "content": "Hi"},
+                                      {"role": "assistant", "content": "Ahoy.", "weight": 0}, last]},
+            {"id": "c2", "messages": [{"role": "system", "content": "Be brief."}, last]},
+            {"id": "p1", "prompt": "Where is order 7?"}]
+
+
+def test_a_conversation_is_asked_whole_kept_in_its_labelled_row_and_resumed_by_its_messages(
+        tmp_path: Path) -> None:
+    out = tmp_path / "train.jsonl"
+    judged: list[str] = []
+
+    def validator(prompt: str, answer: str) -> str | None:
+        judged.append(prompt)
+        return None
+
+    with FakeOpenAIServer() as server:
+        report = label_prompts(teacher(server), conversations(), out, SETTINGS, ListEvents(),
+                               validator=validator)
+    assert (report.asked, report.kept) == (3, 3)
+    sent = sorted(json.dumps(r["body"]["messages"]) for r in server.requests)
+    assert sent == sorted(json.dumps(m) for m in (
+        [{k: m[k] for k in ("role", "content")} for m in conversations()[0]["messages"]],  # no weight
+        conversations()[1]["messages"], [{"role": "user", "content": "Where is order 7?"}]))
+    assert judged == ["Where is order 7?"] * 3  # a validator sees the last user turn
+    labelled = {r["id"]: r for r in read_jsonl(out)}
+    assert labelled["c1"]["messages"] == conversations()[0]["messages"]
+    assert (labelled["c1"]["prompt"], labelled["c1"]["answer"]) == ("Where is order 7?",
+                                                                    "answer to: Where is order 7?")
+    assert "messages" not in labelled["p1"]  # a plain prompt's row is as it always was
+
+    changed = conversations()
+    changed[1]["messages"][0]["content"] = "Be very brief."  # same id, same last turn, other system message
+    with FakeOpenAIServer() as server:
+        report = label_prompts(teacher(server), changed, out, SETTINGS, ListEvents())
+    assert (report.asked, report.reused) == (1, 2)
+    assert [r["body"]["messages"][0]["content"] for r in server.requests] == ["Be very brief."]
+
+
 def test_a_torn_last_line_from_a_killed_run_is_skipped(tmp_path: Path) -> None:
     out = tmp_path / "train.jsonl"
     with FakeOpenAIServer() as server:

@@ -41,6 +41,20 @@ def test_openai_teacher_answers_every_prompt_in_order() -> None:
     assert [e["done"] for e in events.items if e["type"] == "progress"][-1] == 20
 
 
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello.", "weight": 0},
+                {"role": "user", "content": "Order 7?"}]
+
+
+def test_openai_teacher_sends_a_conversation_whole() -> None:
+    with FakeOpenAIServer() as server:
+        answers = fast_teacher(server.url).generate([CONVERSATION, "question 1"], SETTINGS, ListEvents())
+    assert answers == [Answer("answer to: Order 7?", "stop"), Answer("answer to: question 1", "stop")]
+    sent = {r["prompt"]: r["body"]["messages"] for r in server.requests}
+    assert sent == {"Order 7?": [{"role": m["role"], "content": m["content"]} for m in CONVERSATION],
+                    "question 1": [{"role": "user", "content": "question 1"}]}
+
+
 @pytest.mark.parametrize(("key", "expected"), [("s3cret", "Bearer s3cret"), (None, None)])
 def test_api_key_is_read_from_the_named_env_var_and_sent_as_bearer(monkeypatch: pytest.MonkeyPatch,
                                                                    key: str | None,
@@ -216,3 +230,33 @@ def test_local_teacher_identity_names_the_directory_and_its_weights(fixed_model:
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     changed = make_teacher({"kind": "local", "model": str(copy), "device": "cpu"}).identity()
     assert changed["sha256"] != identity["sha256"]
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_local_teacher_renders_a_conversation_with_the_models_chat_template(fixed_model: Path,
+                                                                              tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from controller.pipeline import chat
+    from controller.pipeline.evaluate.harness import format_prompt
+
+    plain = AutoTokenizer.from_pretrained(fixed_model)  # a plain prompt renders as it always did
+    assert format_prompt(plain, "where is my parcel") == chat.prompt_text("where is my parcel")
+
+    chatml = shutil.copytree(fixed_model, tmp_path / "chatml")  # the same model, a template with system
+    tokenizer = AutoTokenizer.from_pretrained(chatml)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(chatml)
+    teacher = make_teacher({"kind": "local", "model": str(chatml), "device": "cpu"})
+    answers = teacher.generate([CONVERSATION, "where is my parcel"], GenerationSettings(max_new_tokens=4),
+                               ListEvents())
+    assert [a.finish_reason in ("stop", "length") for a in answers] == [True, True]
+    assert format_prompt(AutoTokenizer.from_pretrained(chatml), CONVERSATION) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nOrder 7?<|im_end|>\n"
+        "<|im_start|>assistant\n")

@@ -3,7 +3,8 @@ written as a labelled data set with the teacher's identity and settings beside i
 
 Labelling is resumable. Every answered prompt, kept or dropped, is appended with its verdict to
 ``<out>.partial.jsonl`` as each chunk finishes; a rerun reuses those answers and asks the
-teacher only for the rest. Prompts the teacher failed on ("error") are asked again, and answers
+teacher only for the rest: an answer is reused for the same id and the same prompt, or for a
+conversation the same messages. Prompts the teacher failed on ("error") are asked again, and answers
 from a different teacher or different generation settings are not reused. The partial file stays
 after success as the cache a later run (more prompts, a restarted job) resumes from.
 """
@@ -46,13 +47,15 @@ def meta_path(out_path: Path) -> Path:
     return Path(f"{out_path}.meta.json")
 
 
-def label_prompts(teacher: Teacher, prompts: Sequence[Mapping[str, str]], out_path: Path,
+def label_prompts(teacher: Teacher, prompts: Sequence[Mapping[str, Any]], out_path: Path,
                   settings: GenerationSettings, events: Events, *, max_answer_chars: int = 400,
                   validator: Validator | None = None, min_success_ratio: float = 0.9,
                   chunk: int = 256) -> SynthReport:
     """Label ``prompts`` (rows with "id", "prompt" and optionally "intent") with ``teacher`` and
     write rows {"id", "intent", "prompt", "answer", "teacher_finish"} to ``out_path``
-    atomically, plus ``<out_path>.meta.json``. An answer is dropped when it is "empty",
+    atomically. A row with "messages" (a conversation ending with the user's turn) is sent to
+    the teacher whole; its "prompt" is that last user turn (what a validator sees) and its
+    labelled row keeps the "messages", plus ``<out_path>.meta.json``. An answer is dropped when it is "empty",
     "truncated" (the teacher hit max_new_tokens), "too_long" (over max_answer_chars), "invalid"
     (``validator`` gave a reason) or an "error" (the teacher failed that prompt). Raises
     TeacherError, keeping the partial file, when fewer than ``min_success_ratio`` of the prompts
@@ -85,12 +88,13 @@ def label_prompts(teacher: Teacher, prompts: Sequence[Mapping[str, str]], out_pa
     for start in range(0, len(todo), chunk):
         events.check_cancelled()
         part = todo[start:start + chunk]
-        answers = teacher.generate([p["prompt"] for p in part], settings, events)
+        answers = teacher.generate([p.get("messages") or p["prompt"] for p in part], settings, events)
         if len(answers) != len(part):
             raise TeacherError(f"teacher returned {len(answers)} answers for {len(part)} prompts")
         answered = [{"id": row["id"], "intent": row["intent"], "prompt": row["prompt"],
                      "answer": answer.text.strip(), "teacher_finish": answer.finish_reason,
-                     "verdict": verdict(row["prompt"], answer), "error": answer.error, "key": key}
+                     "verdict": verdict(row["prompt"], answer), "error": answer.error, "key": key,
+                     **({"messages": row["messages"]} if "messages" in row else {})}
                     for row, answer in zip(part, answers, strict=True)]
         append_jsonl_many(partial, answered)  # one fsync per chunk: a kill loses at most a chunk
         results.update((r["id"], r) for r in answered)
@@ -109,7 +113,8 @@ def label_prompts(teacher: Teacher, prompts: Sequence[Mapping[str, str]], out_pa
     if kept < required:
         raise TeacherError(f"teacher gave usable answers to {kept} of {total} prompts "
                            f"(min_success_ratio {min_success_ratio}): dropped {_format_drops(counts)}")
-    rows = [{k: results[p["id"]][k] for k in ("id", "intent", "prompt", "answer", "teacher_finish")}
+    fields = ("id", "intent", "prompt", "answer", "teacher_finish", "messages")
+    rows = [{k: results[p["id"]][k] for k in fields if k in results[p["id"]]}
             for p in prompts if results[p["id"]]["verdict"] == "kept"]
     write_jsonl(out_path, rows)
     meta = {
@@ -148,10 +153,20 @@ def _format_drops(counts: Mapping[str, int]) -> str:
     return " ".join(f"{r}={counts[r]}" for r in DROP_REASONS if counts.get(r)) or "none"
 
 
-def _check_prompts(prompts: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    checked: list[dict[str, str]] = []
+def _check_prompts(prompts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    checked: list[dict[str, Any]] = []
     seen: set[str] = set()
     for number, row in enumerate(prompts):
+        messages = row.get("messages")
+        if messages is not None:
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, Mapping) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str) for m in messages):
+                raise DataError(f"prompt {number}: field 'messages' must be a non-empty list of "
+                                "{role, content} turns (roles system, user, assistant)")
+            if messages[-1]["role"] != "user":
+                raise DataError(f"prompt {number}: field 'messages' must end with the user's turn")
+            row = {**row, "prompt": row.get("prompt", messages[-1]["content"])}
         for name in ("id", "prompt"):
             if not isinstance(row.get(name), str) or not row[name].strip():
                 raise DataError(f"prompt {number}: field {name!r} is missing or not a non-empty string")
@@ -160,7 +175,8 @@ def _check_prompts(prompts: Sequence[Mapping[str, str]]) -> list[dict[str, str]]
         seen.add(row["id"])
         intent = row.get("intent")
         checked.append({"id": row["id"], "prompt": row["prompt"],
-                        "intent": intent if isinstance(intent, str) and intent else "unknown"})
+                        "intent": intent if isinstance(intent, str) and intent else "unknown",
+                        **({"messages": [dict(m) for m in messages]} if messages is not None else {})})
     return checked
 
 
@@ -173,13 +189,14 @@ def _teacher_key(teacher: Teacher, settings: GenerationSettings) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _reusable(partial: Path, prompts: list[dict[str, str]], key: str,
+def _reusable(partial: Path, prompts: list[dict[str, Any]], key: str,
               events: Events) -> dict[str, dict[str, Any]]:
-    """Answers in the partial file for these prompts (same id and text), from this teacher and
-    settings, that are not errors. A torn last line (killed mid-write) is skipped."""
+    """Answers in the partial file for these prompts (same id and text, and for a conversation
+    the same messages), from this teacher and settings, that are not errors. A torn last line
+    (killed mid-write) is skipped."""
     if not partial.exists():
         return {}
-    wanted = {p["id"]: p["prompt"] for p in prompts}
+    wanted = {p["id"]: (p["prompt"], p.get("messages")) for p in prompts}
     found: dict[str, dict[str, Any]] = {}
     other_teacher = 0
     lines = partial.read_text(encoding="utf-8").splitlines()
@@ -194,7 +211,7 @@ def _reusable(partial: Path, prompts: list[dict[str, str]], key: str,
             raise DataError(f"{partial}:{number}: malformed JSON; delete {partial} to label from "
                             "scratch") from None
         if not isinstance(row, dict) or not isinstance(row_id := row.get("id"), str) or (
-                wanted.get(row_id) != row.get("prompt")):
+                wanted.get(row_id) != (row.get("prompt"), row.get("messages"))):
             continue
         if row.get("key") != key:
             other_teacher += 1

@@ -225,27 +225,25 @@ class Distill(Step):
 
 
 def teacher_prompts(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """The prompts of a prompts file as the teacher takes them ({id, prompt, intent?}) and
-    whether they came as conversations. A conversation is sent as its one user turn: the
-    teachers take a single prompt, so a system message or earlier turns are refused rather
-    than dropped. Rows without an id are named by their line."""
+    """The prompts of a prompts file as the teacher takes them ({id, prompt, intent?}, plus
+    "messages" for a conversation with a system message or earlier turns, which the teacher is
+    sent whole; "prompt" is then its last user turn) and whether the labelled data is to be
+    written as conversations. Rows without an id are named by their line."""
     from controller.pipeline.chatdata import read_prompts
     from controller.pipeline.jsonl import DataError
 
     rows = read_prompts(path)
-    chat_input = any(r.chat for r in rows)
+    chat_input = any(r.chat or len(r.messages) > 1 for r in rows)
     prompts: list[dict[str, Any]] = []
     for row in rows:
-        if len(row.messages) != 1:
-            field = "messages" if row.chat else "system"
-            raise DataError(f"{row.where}: {field}: a teacher is asked one user message; a system message "
-                            "or earlier turns can't be sent to it (give the prompt alone)")
         ident = row.extra.get("id")
         if not isinstance(ident, str) or not ident.strip():
             if "id" in row.extra:
                 raise DataError(f"{row.where}: id: must be a non-empty string, got {ident!r}")
             ident = "line-" + row.where.rsplit(":", 1)[-1]
-        prompt = {"id": ident, "prompt": row.messages[0]["content"]}
+        prompt: dict[str, Any] = {"id": ident, "prompt": row.messages[-1]["content"]}
+        if len(row.messages) > 1:  # a lone user turn is asked as a plain prompt, as it always was
+            prompt["messages"] = [dict(m) for m in row.messages]
         if isinstance(row.extra.get("intent"), str):
             prompt["intent"] = row.extra["intent"]
         prompts.append(prompt)
@@ -253,13 +251,15 @@ def teacher_prompts(path: Path) -> tuple[list[dict[str, Any]], bool]:
 
 
 def as_chat_rows(labelled: Path) -> None:
-    """Rewrite labelled {id, intent, prompt, answer, ...} rows as conversations (atomically)."""
+    """Rewrite labelled {id, intent, prompt, answer, messages?, ...} rows as conversations
+    (atomically): the messages asked (system message and earlier turns as given, weights
+    included) or the prompt as the user's turn, then the teacher's answer as the assistant's."""
     from controller.pipeline.jsonl import read_jsonl, write_jsonl
 
     rows = read_jsonl(labelled)
-    if all("messages" in r for r in rows):
-        return
-    write_jsonl(labelled, [{**{k: v for k, v in r.items() if k not in ("prompt", "answer")},
-                            "messages": [{"role": "user", "content": r["prompt"]},
+    if all("answer" not in r for r in rows):
+        return  # already conversations
+    write_jsonl(labelled, [{**{k: v for k, v in r.items() if k not in ("prompt", "answer", "messages")},
+                            "messages": [*(r.get("messages") or [{"role": "user", "content": r["prompt"]}]),
                                          {"role": "assistant", "content": r["answer"]}]}
                            for r in rows])

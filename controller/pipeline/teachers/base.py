@@ -11,6 +11,9 @@ from typing import Any, Protocol
 from controller.pipeline.events import Events
 
 FINISH_REASONS = ("stop", "length", "error")
+# What a teacher answers: a user message, or a conversation ({"role", "content"} turns, an
+# optional system message first) ending with the user's turn. The same as the harness's Prompt.
+Prompt = str | Sequence[Mapping[str, Any]]
 
 
 class TeacherError(RuntimeError):
@@ -70,10 +73,11 @@ class Teacher(Protocol):
         across runs of the same teacher (resuming compares it)."""
         ...
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings,
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings,
                  events: Events) -> list[Answer]:
-        """One Answer per prompt, in order. Raises TeacherError when the teacher is unusable
-        as a whole (e.g. unreachable); a single failed prompt is an Answer with "error"."""
+        """One Answer per prompt (a message or a whole conversation), in order. Raises
+        TeacherError when the teacher is unusable as a whole (e.g. unreachable); a single failed
+        prompt is an Answer with "error"."""
         ...
 
 

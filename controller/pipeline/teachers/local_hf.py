@@ -11,7 +11,7 @@ from typing import Any
 
 from controller.pipeline.events import Events
 from controller.pipeline.modelkit.files import META_FILE
-from controller.pipeline.teachers.base import Answer, GenerationSettings, TeacherError
+from controller.pipeline.teachers.base import Answer, GenerationSettings, Prompt, TeacherError
 
 TASK = "teacher/generate"
 FINGERPRINTED = (".safetensors", ".bin", ".json")  # weights, config, tokenizer (not slmops.json:
@@ -44,8 +44,10 @@ class LocalHFTeacher:
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings,
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings,
                  events: Events) -> list[Answer]:
+        """A conversation is rendered whole (system message, earlier turns) with the model's chat
+        template and the generation prompt; a plain prompt as the user's one message."""
         from controller.pipeline.evaluate.harness import generate_detailed
 
         if not self._announced:

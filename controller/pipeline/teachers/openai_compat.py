@@ -1,8 +1,10 @@
 """A teacher behind any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, llama.cpp's
 server, a hosted model), spoken with the standard library's urllib: no new dependency.
 
-Prompts go out ``concurrency`` at a time. Connection errors, timeouts, 429 and 5xx are retried
-with exponential backoff and jitter (a Retry-After header is honoured); other 4xx are not. A
+A prompt is sent as the user's message; a conversation as its messages (system message and
+earlier turns included). Prompts go out ``concurrency`` at a time. Connection errors,
+timeouts, 429 and 5xx are retried with exponential backoff and jitter (a Retry-After header is
+honoured); other 4xx are not. A
 response that can't be parsed becomes an "error" Answer for that prompt only. The first prompt
 is sent alone as a probe: if the endpoint can't be reached, or rejects us outright (401, 403,
 404), generate() raises TeacherError at once instead of hammering it with every prompt; if it
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.pipeline.events import Events
-from controller.pipeline.teachers.base import Answer, GenerationSettings, TeacherError
+from controller.pipeline.teachers.base import Answer, GenerationSettings, Prompt, TeacherError
 
 TASK = "teacher/generate"
 REJECTED = (401, 403, 404)  # the same for every prompt: wrong key, wrong model or wrong URL
@@ -94,7 +96,7 @@ class OpenAITeacher:
     def identity(self) -> dict[str, Any]:
         return {"kind": "openai", "base_url": self.base_url, "model": self.model}
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings,
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings,
                  events: Events) -> list[Answer]:
         total = len(prompts)
         if not total:
@@ -143,8 +145,11 @@ class OpenAITeacher:
 
     # -- one prompt ------------------------------------------------------------------------
 
-    def _ask(self, prompt: str, body: dict[str, Any], events: Events, run: _Run) -> _Outcome:
-        data = json.dumps({**body, "messages": [{"role": "user", "content": prompt}]}).encode()
+    def _ask(self, prompt: Prompt, body: dict[str, Any], events: Events, run: _Run) -> _Outcome:
+        # a conversation goes as it is, without the training weights the data format allows
+        messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                    else [{"role": m["role"], "content": m["content"]} for m in prompt])
+        data = json.dumps({**body, "messages": messages}).encode()
         attempts = self.retries + 1
         for attempt in range(attempts):
             if run.abort.is_set():
