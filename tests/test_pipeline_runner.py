@@ -455,6 +455,25 @@ def test_distill_from_an_openai_compatible_endpoint_keeps_only_valid_answers(tmp
     assert record["lineage"]["model"]["kind"] == "distilled"
 
 
+def test_changing_only_the_student_reuses_the_teachers_answers(tmp_path: Path) -> None:
+    """The distill step starts over when its parameters change, but the teacher's answers are
+    keyed by the teacher, its settings and each prompt: a new student shape asks nobody again."""
+    from fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        teacher = f'{{kind: openai, base_url: "{server.url}", model: fake-teacher, retries: 0}}'
+        text = _distill_recipe(teacher).replace("validator: support", "validator: none")
+        run_recipe(load_recipe(text), tmp_path / "w", ListEvents(), base_dir=tmp_path)
+        assert len(server.requests) == 20
+        events = ListEvents()
+        changed = text.replace("max_steps: 3", "max_steps: 4")
+        result = run_recipe(load_recipe(changed), tmp_path / "w", events, base_dir=tmp_path)
+        assert len(server.requests) == 20  # not asked again
+    assert "student" not in result.skipped
+    assert any("reusing 20 answers" in str(e.get("message", "")) for e in events.items), events.items
+    assert json.loads((tmp_path / "w" / "steps" / "student" / "train.result.json").read_text())["steps"] == 4
+
+
 def test_distill_asks_the_teacher_whole_conversations_and_trains_on_them(tmp_path: Path) -> None:
     from fake_openai import FakeOpenAIServer
 

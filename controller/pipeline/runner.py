@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +93,7 @@ def run_recipe(recipe: Recipe, work_dir: Path, events: Events, *,
                 result.skipped.append(spec.id)
                 report_step(events, spec.id, "skipped", index, count)
             else:
-                _prepare(step_dir, fingerprint)
+                _prepare(step_dir, fingerprint, spec.step_class.kept_across_changes)
                 report_step(events, spec.id, "started", index, count)
                 ctx = StepContext(recipe=recipe, spec=spec, index=index, count=count, dir=step_dir,
                                   work_dir=work_dir, events=ScopedEvents(events, spec.id), done=done,
@@ -279,8 +279,9 @@ def _load_done(step_dir: Path, spec: StepSpec, fingerprint: str, work_dir: Path)
                       info=data.get("info", {}))
 
 
-def _prepare(step_dir: Path, fingerprint: str) -> None:
-    """Keep an interrupted step's files only if it was started with the same fingerprint."""
+def _prepare(step_dir: Path, fingerprint: str, keep: Sequence[str] = ()) -> None:
+    """Keep an interrupted step's files only if it was started with the same fingerprint, and
+    the step's ``keep`` files (caches with their own validity key) in any case."""
     import shutil
 
     marker = step_dir / "fingerprint"
@@ -289,8 +290,15 @@ def _prepare(step_dir: Path, fingerprint: str) -> None:
         if same:
             (step_dir / "done.json").unlink(missing_ok=True)
             return
-        shutil.rmtree(step_dir)
-    step_dir.mkdir(parents=True)
+        for child in step_dir.iterdir():
+            if child.name in keep and child.is_file():
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        step_dir.mkdir(parents=True)
     write_atomic(marker, fingerprint.encode("utf-8"))
 
 

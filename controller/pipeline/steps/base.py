@@ -45,6 +45,10 @@ class Step:
     # Its data references are opaque files (a GGUF, weights), not JSON lines: the runner's
     # preflight checks they exist without reading them as rows.
     opaque_data: ClassVar[bool] = False
+    # Files of its dir that outlive a change of its fingerprint: caches that carry their own
+    # validity key (distill's teacher answers are keyed by the teacher, its settings and each
+    # prompt), so changing only the student does not ask the teacher again.
+    kept_across_changes: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

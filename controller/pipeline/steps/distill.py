@@ -132,6 +132,7 @@ class Distill(Step):
     summary = "label prompts with a teacher, then train a student on the answers (optionally logit KD)"
     Params = DistillParams
     outputs = {"model": "model", "labelled": "data"}
+    kept_across_changes = ("labelled.partial.jsonl",)  # synth.partial_path: keyed by teacher and prompt
 
     @classmethod
     def references(cls, params: DistillParams) -> Iterator[tuple[str, Any, str]]:
