@@ -205,6 +205,9 @@ def test_distill_prompts_from_conversations_and_labelled_rows_written_back_as_co
                                      "messages": [user("Capital of France?"), assistant("Paris.")]}]
     (row,) = read_conversations(labelled)
     assert row.trained == [1]
-    write_jsonl(prompts, [{"messages": [{"role": "system", "content": "Be brief."}, user()]}])
-    with pytest.raises(DataError, match=r"p.jsonl:1: messages: a teacher is asked one user message"):
-        teacher_prompts(prompts)
+    # a system message (or earlier turns) goes to the teacher with the prompt
+    system = {"role": "system", "content": "Be brief."}
+    write_jsonl(prompts, [{"messages": [system, user("Capital of France?")]}])
+    ((asked,), chat) = teacher_prompts(prompts)
+    assert chat and asked["prompt"] == "Capital of France?"
+    assert asked["messages"] == [system, user("Capital of France?")]

